@@ -1,0 +1,240 @@
+"""Building blocks of the LAST family (see shared/design/models.md).
+
+Graph products are plain matmuls over the joint axis (no einsum) so they export to ONNX,
+TensorRT and TFLite without special cases.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def compute_streams(x: torch.Tensor, parents: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Joint, velocity and bone streams of ``x`` (N, C, T, V, M); parameter-free."""
+    velocity = F.pad(x[:, :, 1:] - x[:, :, :-1], (0, 0, 0, 0, 0, 1))
+    bone = x - x.index_select(3, parents)
+    return x, velocity, bone
+
+
+class StreamFusion(nn.Module):
+    """BatchNorm per stream, concatenation, then Conv1x1 -> BN -> ReLU to the stem width."""
+
+    def __init__(self, in_channels: int, out_channels: int, num_streams: int = 3):
+        super().__init__()
+        self.stream_norms = nn.ModuleList(nn.BatchNorm2d(in_channels) for _ in range(num_streams))
+        self.conv = nn.Conv2d(in_channels * num_streams, out_channels, 1, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def forward(self, streams: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        x = torch.cat([norm(s) for norm, s in zip(self.stream_norms, streams)], dim=1)
+        return F.relu(self.bn(self.conv(x)))
+
+
+class SpatialGCN(nn.Module):
+    """Conv1x1 to K*Cout, per-subset aggregation over joints, sum (or subset attention), BN.
+
+    ``adjacency`` is (K, V, V) with ``A[k, j, i]``: joint j feeds joint i, so the aggregation is
+    ``y_k = x_k @ A_k`` on the joint axis.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, adjacency: torch.Tensor,
+                 learnable_edge: bool = False, subset_att: bool = False):
+        super().__init__()
+        self.num_subsets = adjacency.shape[0]
+        self.out_channels = out_channels
+        self.conv = nn.Conv2d(in_channels, self.num_subsets * out_channels, 1, bias=False)
+        self.register_buffer("adjacency", adjacency.clone())
+        self.edge_weight = nn.Parameter(torch.ones_like(adjacency)) if learnable_edge else None
+        self.subset_att = (nn.Linear(self.num_subsets * out_channels, self.num_subsets, bias=False)
+                           if subset_att else None)
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, t, v = x.shape
+        k, c = self.num_subsets, self.out_channels
+        adjacency = self.adjacency if self.edge_weight is None else self.adjacency * self.edge_weight
+        # (N*T, V*K, C) is a free view of the conv output when it is channels-last (the fast CPU
+        # layout), and aggregating over joints and summing over subsets is then one matmul with
+        # mixing[i, (j, k)] = A[k, j, i].
+        y = self.conv(x).permute(0, 2, 3, 1).reshape(n, t, v, k, c)
+        if self.subset_att is not None:
+            # Each aggregated map's global mean, from the un-aggregated maps:
+            # mean_{t,i} sum_j A[k,j,i] y[t,j] = sum_j (sum_i A[k,j,i]) mean_t y[t,j] / V.
+            out_degree = adjacency.sum(dim=2).t()  # (V, K)
+            pooled = (y.mean(dim=1) * out_degree[None, :, :, None]).sum(dim=1) / v  # (N, K, C)
+            weights = torch.softmax(self.subset_att(pooled.flatten(1)), dim=1)
+            y = y * weights.view(n, 1, 1, k, 1)
+        mixing = adjacency.permute(2, 1, 0).reshape(v, v * k)
+        y = torch.matmul(mixing, y.reshape(n * t, v * k, c))  # (N*T, V, C)
+        return self.bn(y.view(n, t, v, c).permute(0, 3, 1, 2))
+
+
+class EpSepTCN(nn.Module):
+    """Expand (1x1) -> depthwise temporal (k x 1, stride) -> project (1x1), with a residual."""
+
+    def __init__(self, channels: int, kernel_size: int = 5, stride: int = 1, expand: int = 2):
+        super().__init__()
+        hidden = channels * expand
+        self.expand = nn.Sequential(nn.Conv2d(channels, hidden, 1, bias=False),
+                                    nn.BatchNorm2d(hidden), nn.Hardswish())
+        self.depthwise = nn.Sequential(
+            nn.Conv2d(hidden, hidden, (kernel_size, 1), stride=(stride, 1),
+                      padding=(kernel_size // 2, 0), groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden), nn.Hardswish())
+        self.project = nn.Sequential(nn.Conv2d(hidden, channels, 1, bias=False),
+                                     nn.BatchNorm2d(channels))
+        self.residual = (nn.Identity() if stride == 1 else nn.Sequential(
+            nn.Conv2d(channels, channels, 1, stride=(stride, 1), bias=False),
+            nn.BatchNorm2d(channels)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(self.depthwise(self.expand(x))) + self.residual(x)
+
+
+def _squeeze_channels(channels: int) -> int:
+    return max(4, channels // 4)
+
+
+class MotionGate(nn.Module):
+    """Channel gate driven by motion energy; ``x + alpha*(x*g - x)`` with alpha starting at 0."""
+
+    descriptor_factor = 1
+
+    def __init__(self, channels: int):
+        super().__init__()
+        hidden = _squeeze_channels(channels)
+        self.fc = nn.Sequential(nn.Linear(channels * self.descriptor_factor, hidden, bias=False),
+                                nn.ReLU(), nn.Linear(hidden, channels, bias=False), nn.Sigmoid())
+        self.alpha = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    @staticmethod
+    def motion_energy(x: torch.Tensor) -> torch.Tensor:
+        return (x[:, :, 1:] - x[:, :, :-1]).abs().mean(dim=(2, 3))
+
+    def descriptor(self, x: torch.Tensor) -> torch.Tensor:
+        return self.motion_energy(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = self.fc(self.descriptor(x))[:, :, None, None]
+        # x + alpha*(x*g - x) as a single full-size product.
+        return x * (1 + self.alpha * (gate - 1))
+
+
+class HybridGate(MotionGate):
+    """MotionGate whose descriptor adds three temporal band powers (low, mid, high)."""
+
+    descriptor_factor = 4
+
+    def descriptor(self, x: torch.Tensor) -> torch.Tensor:
+        power = torch.fft.rfft(x.float(), dim=2).abs().square().mean(dim=3)  # (N, C, F)
+        bins = power.shape[2]
+        f3 = max(bins // 3, 1)
+        bands = [power[:, :, :f3].mean(2), power[:, :, f3:2 * f3].mean(2), power[:, :, 2 * f3:].mean(2)]
+        # A band can be empty for very short clips; its power is then zero, not NaN.
+        bands = [torch.nan_to_num(b, nan=0.0) for b in bands]
+        return torch.cat([self.motion_energy(x)] + [b.to(x.dtype) for b in bands], dim=1)
+
+
+class STJointAtt(nn.Module):
+    """Factorised temporal x spatial attention; ``x + alpha*(x*a_t*a_s - x)``, alpha starts at 0."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        hidden = _squeeze_channels(channels)
+
+        def branch() -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(channels, hidden, 1, bias=False), nn.BatchNorm2d(hidden),
+                                 nn.ReLU(), nn.Conv2d(hidden, channels, 1, bias=False), nn.Sigmoid())
+
+        self.temporal = branch()
+        self.spatial = branch()
+        self.alpha = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        att_t = self.temporal(x.mean(dim=3, keepdim=True))
+        att_s = self.spatial(x.mean(dim=2, keepdim=True))
+        return torch.lerp(x, x * att_t * att_s, self.alpha)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample while training."""
+
+    def __init__(self, rate: float = 0.0):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rate == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.rate
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * (mask / keep)
+
+
+class Block(nn.Module):
+    """``residual(x) + DropPath(att(gate(TCN(hardswish(GCN(x))))))``, no activation after the sum."""
+
+    def __init__(self, in_channels: int, out_channels: int, adjacency: torch.Tensor, stride: int = 1,
+                 gate: str | None = None, joint_att: bool = False, learnable_edge: bool = False,
+                 subset_att: bool = False, drop_path: float = 0.0, tcn_kernel: int = 5):
+        super().__init__()
+        self.gcn = SpatialGCN(in_channels, out_channels, adjacency, learnable_edge, subset_att)
+        self.tcn = EpSepTCN(out_channels, tcn_kernel, stride)
+        gates = {None: nn.Identity, "none": nn.Identity, "motion": MotionGate, "hybrid": HybridGate}
+        if gate not in gates:
+            raise ValueError(f"unknown gate {gate!r}; expected one of none, motion, hybrid")
+        self.gate = gates[gate](out_channels) if gates[gate] is not nn.Identity else nn.Identity()
+        self.att = STJointAtt(out_channels) if joint_att else nn.Identity()
+        self.drop_path = DropPath(drop_path)
+        self.residual = (nn.Identity() if in_channels == out_channels and stride == 1 else nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 1, stride=(stride, 1), bias=False),
+            nn.BatchNorm2d(out_channels)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.tcn(F.hardswish(self.gcn(x)))
+        return self.residual(x) + self.drop_path(self.att(self.gate(y)))
+
+
+class GatedPoolHead(nn.Module):
+    """``g*GAP + (1-g)*GMP`` over (T, V) with ``g = sigmoid(p)``, p starting at 0 (an even mix)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.gate = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = torch.sigmoid(self.gate)
+        pooled = g * x.mean(dim=(2, 3), keepdim=True) + (1 - g) * x.amax(dim=(2, 3), keepdim=True)
+        return pooled.flatten(1)
+
+
+class InformationBottleneck(nn.Module):
+    """Gaussian IB: KL(N(mu, sigma) || N(0, 1)) of the pooled feature, a training-only loss."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        latent = min(128, channels)
+        self.mu = nn.Linear(channels, latent)
+        self.logvar = nn.Linear(channels, latent)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        mu, logvar = self.mu(pooled), self.logvar(pooled)
+        return (-0.5 * (1 + logvar - mu.square() - logvar.exp()).sum(dim=1)).mean()
+
+
+def init_weights(module: nn.Module) -> None:
+    """Kaiming-normal (fan_out) convs, unit/zero BN, normal(0, 0.01) linears with zero bias."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

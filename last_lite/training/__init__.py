@@ -1,0 +1,1 @@
+"""Training phases: one LightningModule per path (supervised, distillation, MaskCLR) on a shared base."""

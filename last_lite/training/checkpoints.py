@@ -1,0 +1,69 @@
+"""Loading weights safely: Lightning checkpoints with ``weights_only=True``, or safetensors."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+log = logging.getLogger(__name__)
+
+# Parameter-name prefixes of classifier heads, re-initialised when the class count differs.
+HEAD_PREFIXES = ("classifier.", "fc.", "head.")
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A Lightning checkpoint as a plain dict, never unpickling arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError and friends
+        raise ValueError(f"cannot load {path} as a weights-only checkpoint: {exc}") from exc
+
+
+def load_model_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Model weights from a ``.safetensors`` file or a Lightning ``.ckpt`` (``model.`` prefix dropped)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = load_checkpoint(path).get("state_dict")
+    if state is None:
+        raise ValueError(f"{path} has no 'state_dict'")
+    return {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+
+
+def init_from(model: nn.Module, path: str | Path, strict_backbone: bool = True) -> dict[str, list[str]]:
+    """Load every weight whose name and shape match; report loaded, skipped and new names.
+
+    A classifier whose class count differs is left newly initialised (fine-tuning to a new
+    dataset). With ``strict_backbone`` a shape mismatch outside the head, or no overlap at all,
+    refuses the file: it was made for a different model.
+    """
+    source = load_model_weights(path)
+    target = model.state_dict()
+    loaded, skipped, mismatched = [], [], []
+    for name, tensor in source.items():
+        if name not in target:
+            skipped.append(name)
+        elif target[name].shape != tensor.shape:
+            (skipped if name.startswith(HEAD_PREFIXES) else mismatched).append(name)
+        else:
+            loaded.append(name)
+    if strict_backbone and (mismatched or not loaded):
+        detail = ", ".join(f"{n}: file {tuple(source[n].shape)} vs model {tuple(target[n].shape)}"
+                           for n in mismatched[:8])
+        raise ValueError(f"{path} does not fit this model: "
+                         + (f"shape mismatches: {detail}" if mismatched else "no parameter names in common"))
+    model.load_state_dict({n: source[n] for n in loaded}, strict=False)
+    new = [n for n in target if n not in set(loaded)]
+    report = {"loaded": loaded, "skipped": skipped + mismatched, "new": new}
+    log.info("init_from %s: loaded %d tensors, skipped %d (%s), left %d new (%s)", path, len(loaded),
+             len(report["skipped"]), ", ".join(report["skipped"][:6]) or "-", len(new),
+             ", ".join(new[:6]) or "-")
+    return report

@@ -1,0 +1,131 @@
+"""The one train entry every phase shares: compose configured objects, fit, test, record.
+
+Thin Hydra commands (``last_lite.train``, ``last_lite.distill``, ``last_lite.pretrain``) call
+``run_phase`` with a function that builds their LightningModule.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from last_lite.io import atomic_write_text
+from last_lite.models.profile import count_parameters
+from last_lite.training.base import PhaseModule
+from last_lite.training.checkpoints import init_from
+from last_lite.training.plots import save_confusion_matrix
+from last_lite.training.records import metrics_record, write_metrics
+
+log = logging.getLogger(__name__)
+
+ModuleFactory = Callable[[dict, Any], PhaseModule]
+
+
+def model_spec_for(model_cfg: DictConfig, datamodule) -> dict:
+    """``create_model`` keyword arguments: the model group plus the data's classes and layout."""
+    spec = OmegaConf.to_container(model_cfg, resolve=True)
+    spec.pop("_target_", None)
+    spec.update(num_classes=datamodule.num_classes, layout=datamodule.layout,
+                in_channels=datamodule.in_channels)
+    return spec
+
+
+def dataset_name() -> str:
+    """The chosen ``data`` config (e.g. ``nw_ucla``), as recorded in every metrics.json."""
+    try:
+        return HydraConfig.get().runtime.choices.get("data", "custom")
+    except ValueError:  # not running under Hydra (a test composing the config itself)
+        return "custom"
+
+
+def data_spec_for(datamodule) -> dict:
+    """What later commands (evaluate, export, the runtime) need to know about the data."""
+    return {"class_names": list(datamodule.class_names), "layout": datamodule.layout,
+            "clip_len": int(datamodule.clip_len), "in_channels": int(datamodule.in_channels),
+            "dataset": dataset_name(), "max_persons": int(datamodule.max_persons)}
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def best_checkpoint(trainer: L.Trainer) -> str | None:
+    callback = trainer.checkpoint_callback
+    if callback is None:
+        return None
+    return callback.best_model_path or callback.last_model_path or None
+
+
+def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str) -> dict:
+    """Fit the phase module, test the checkpoint chosen on validation, write metrics.json."""
+    started = time.time()
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    module = build_module(model_spec_for(cfg.model, datamodule), datamodule)
+    if cfg.get("init_from"):
+        init_from(module.model, cfg.init_from)
+
+    trainer = build_trainer(cfg)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    if trainer.interrupted:
+        raise SystemExit("training was interrupted; resume with ckpt_path=<output>/checkpoints/last.ckpt")
+    best = best_checkpoint(trainer)
+    record_extra: dict[str, Any] = {"checkpoint": best, "output_dir": str(output_dir),
+                                    "val_is_test": bool(getattr(datamodule, "val_is_test", False))}
+    callback = trainer.checkpoint_callback
+    if callback is not None and callback.best_model_score is not None:
+        record_extra["best_val_top1"] = float(callback.best_model_score)
+
+    top1 = top5 = per_class = None
+    if cfg.get("test_after_fit", True):
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True,
+                               verbose=False)[0]
+        top1, top5 = results.get("test/top1"), results.get("test/top5")
+        details = module.test_results()
+        per_class = details["per_class_accuracy"]
+        save_confusion_matrix(output_dir / "confusion_matrix.png", details["confusion_matrix"],
+                              datamodule.class_names, title=f"{cfg.model.name}: test top-1 {top1:.2%}")
+        record_extra["confusion_matrix"] = details["confusion_matrix"]
+
+    record = metrics_record(
+        command=command, model=cfg.model.name, dataset=dataset_name(),
+        top1=top1, top5=top5, per_class_accuracy=per_class, class_names=datamodule.class_names,
+        params=count_parameters(module.model), epochs=trainer.current_epoch, seed=cfg.seed,
+        wall_time_s=time.time() - started, data_index_sha256=getattr(datamodule, "index_checksum", None),
+        **record_extra)
+    write_metrics(output_dir / "metrics.json", record)
+    print_summary(record, output_dir)
+    return record
+
+
+def print_summary(record: dict, output_dir: Path) -> None:
+    table = Table(title=f"{record['command']}: {record['model']} on {record['dataset']}")
+    for column in ("metric", "value"):
+        table.add_column(column)
+    for key in ("top1", "top5", "best_val_top1"):
+        if record.get(key) is not None:
+            table.add_row(key, f"{100 * record[key]:.2f}%")
+    table.add_row("params", f"{record['params']:,}")
+    table.add_row("epochs", str(record["epochs"]))
+    table.add_row("wall time", f"{record['wall_time_s']:.0f} s")
+    console = Console()
+    console.print(table)
+    console.print(f"outputs: {output_dir} (metrics.json, confusion_matrix.png, checkpoints/)")
+
