@@ -1,0 +1,227 @@
+"""Normalisation (PYSKL PreNormalize3D, 2D, the test-time clip) and the augmentations."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from last_lite.data.normalize import (normalize_2d, normalize_clip, pre_normalize_3d,
+                                      resize_frames, uniform_indices)
+from last_lite.data.sources.synthetic import generate_sample
+from last_lite.data.transforms import (GaussianNoise, RandomCropResize, RandomRotation, RandomScale,
+                                       RandomShear, build_transform)
+from last_lite.models.graph import get_layout
+
+
+# ---- a literal copy of PYSKL's PreNormalize3D (einsum and all) as the reference --------------
+def _pyskl_prenorm(skeleton, zaxis=(0, 1), xaxis=(8, 4)):
+    def unit_vector(v):
+        return v / np.linalg.norm(v)
+
+    def angle_between(v1, v2):
+        if np.abs(v1).sum() < 1e-6 or np.abs(v2).sum() < 1e-6:
+            return 0
+        return np.arccos(np.clip(np.dot(unit_vector(v1), unit_vector(v2)), -1.0, 1.0))
+
+    def rotation_matrix(axis, theta):
+        if np.abs(axis).sum() < 1e-6 or np.abs(theta) < 1e-6:
+            return np.eye(3)
+        axis = np.asarray(axis)
+        axis = axis / np.sqrt(np.dot(axis, axis))
+        a = np.cos(theta / 2.0)
+        b, c, d = -axis * np.sin(theta / 2.0)
+        aa, bb, cc, dd = a * a, b * b, c * c, d * d
+        bc, ad, ac, ab, bd, cd = b * c, a * d, a * c, a * b, b * d, c * d
+        return np.array([[aa + bb - cc - dd, 2 * (bc + ad), 2 * (bd - ac)],
+                         [2 * (bc - ad), aa + cc - bb - dd, 2 * (cd + ab)],
+                         [2 * (bd + ac), 2 * (cd - ab), aa + dd - bb - cc]])
+
+    M, T, V, C = skeleton.shape
+    index0 = [i for i in range(T) if not np.all(np.isclose(skeleton[0, i], 0))]
+    if M == 2:
+        index1 = [i for i in range(T) if not np.all(np.isclose(skeleton[1, i], 0))]
+        if len(index0) < len(index1):
+            skeleton = skeleton[:, np.array(index1)]
+            skeleton = skeleton[[1, 0]]
+        else:
+            skeleton = skeleton[:, np.array(index0)]
+    else:
+        skeleton = skeleton[:, np.array(index0)]
+    main_body_center = skeleton[0, 0, 1].copy()
+    mask = ((skeleton != 0).sum(-1) > 0)[..., None]
+    skeleton = (skeleton - main_body_center) * mask
+    joint_bottom, joint_top = skeleton[0, 0, zaxis[0]], skeleton[0, 0, zaxis[1]]
+    axis = np.cross(joint_top - joint_bottom, [0, 0, 1])
+    angle = angle_between(joint_top - joint_bottom, [0, 0, 1])
+    skeleton = np.einsum('abcd,kd->abck', skeleton, rotation_matrix(axis, angle))
+    joint_rshoulder, joint_lshoulder = skeleton[0, 0, xaxis[0]], skeleton[0, 0, xaxis[1]]
+    axis = np.cross(joint_rshoulder - joint_lshoulder, [1, 0, 0])
+    angle = angle_between(joint_rshoulder - joint_lshoulder, [1, 0, 0])
+    return np.einsum('abcd,kd->abck', skeleton, rotation_matrix(axis, angle))
+
+
+def _raw(label=13, index=0):
+    x, _ = generate_sample(label, 1, 2, index, seed=0)
+    return x.astype(np.float64)
+
+
+def test_pre_normalize_matches_pyskl():
+    for label, index in ((13, 0), (0, 1), (14, 2)):
+        x = _raw(label, index)
+        if x.shape[0] == 2:
+            x[1, :10] = 0  # second person absent at first
+        x[0, -5:] = 0  # main body absent at the end
+        ours = pre_normalize_3d(x, "ntu25")
+        ref = _pyskl_prenorm(x)
+        assert ours.shape == ref.shape and ours.dtype == np.float32
+        np.testing.assert_allclose(ours, ref, atol=2e-5)
+
+
+def test_pre_normalize_swaps_persons_and_drops_absent_frames():
+    x = _raw(13)
+    x[0, :20] = 0  # person 1 present longer -> becomes the main body
+    out = pre_normalize_3d(x, "ntu25")
+    assert out.shape[1] == x.shape[1]  # person 1 present in every frame
+    np.testing.assert_allclose(out, _pyskl_prenorm(x), atol=2e-5)
+    assert np.abs(out[0]).sum(axis=(1, 2)).min() > 0  # main body present throughout
+    y = _raw(0)
+    y[0, :7] = 0
+    assert pre_normalize_3d(y, "ntu25").shape[1] == y.shape[1] - 7
+
+
+def test_pre_normalize_geometry_and_zeros():
+    x = _raw(14, 3)
+    x[1, 30:, :] = 0          # second person leaves
+    x[0, 5, 17] = 0           # a missing joint
+    out = pre_normalize_3d(x, "ntu25")
+    lay = get_layout("ntu25")
+    np.testing.assert_allclose(out[0, 0, lay.norm_center], 0, atol=1e-6)
+    r, l = lay.norm_xaxis
+    sh = out[0, 0, r] - out[0, 0, l]
+    assert sh[0] > 0 and np.allclose(sh[1:], 0, atol=1e-5)         # shoulders along +x
+    b, t = lay.norm_zaxis
+    spine = out[0, 0, t] - out[0, 0, b]
+    assert spine[2] / np.linalg.norm(spine) > 0.95                # spine close to +z
+    assert np.all(out[1, 30:] == 0) and np.all(out[0, 5, 17] == 0)  # zeros preserved
+    # without the shoulder step the spine lies exactly along +z
+    z_only = dataclasses.replace(lay, norm_xaxis=None)
+    out_z = pre_normalize_3d(x, z_only)
+    spine = out_z[0, 0, t] - out_z[0, 0, b]
+    assert spine[2] > 0 and np.allclose(spine[:2], 0, atol=1e-5)
+    # bone lengths are unchanged (a rigid motion)
+    e = np.array(lay.edges)
+    before = np.linalg.norm(x[0, :, e[:, 0]] - x[0, :, e[:, 1]], axis=-1)
+    after = np.linalg.norm(out[0, :, e[:, 0]] - out[0, :, e[:, 1]], axis=-1)
+    keep = (x[0, :, e[:, 0]] != 0).any(-1) & (x[0, :, e[:, 1]] != 0).any(-1)
+    np.testing.assert_allclose(after[keep], before[keep], atol=1e-4)
+    assert np.all(pre_normalize_3d(np.zeros((2, 5, 25, 3)), "ntu25") == 0)
+
+
+def test_normalize_2d():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.uniform(100, 400, size=(1, 20, 17, 2)),
+                        rng.uniform(0.2, 1, size=(1, 20, 17, 1))], -1)
+    x = np.concatenate([x, np.zeros_like(x)])
+    x[0, 3, 5] = 0
+    out = normalize_2d(x, "coco17", coord_dims=2)
+    c = get_layout("coco17").norm_center
+    pres = (x[0, :, c, :2] != 0).any(-1)
+    np.testing.assert_allclose(out[0, pres, c, :2].mean(0), 0, atol=1e-5)
+    assert 0.5 < np.median(np.ptp(out[0, :, :, :2], axis=1).max(-1)) < 1.5  # body size ~ 1
+    np.testing.assert_array_equal(out[..., 2], x[..., 2].astype(np.float32))  # score untouched
+    assert np.all(out[1] == 0) and np.all(out[0, 3, 5] == 0)
+
+
+def test_resize_matches_torch_bilinear():
+    rng = np.random.default_rng(1)
+    for t, size in ((37, 64), (100, 64), (64, 64), (1, 16)):
+        x = rng.normal(size=(2, t, 5, 3)).astype(np.float32)
+        ours = resize_frames(x, size)
+        d = torch.from_numpy(x).permute(0, 2, 3, 1).reshape(1, 1, -1, t)
+        ref = torch.nn.functional.interpolate(d, size=(d.shape[2], size), mode="bilinear",
+                                              align_corners=False)
+        ref = ref.reshape(2, 5, 3, size).permute(0, 3, 1, 2).numpy()
+        np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+def test_normalize_clip_is_the_test_transform():
+    x = pre_normalize_3d(_raw(0, 5), "ntu25")
+    padded = np.concatenate([x, np.zeros((1, 9, 25, 3), np.float32)], axis=1)  # trailing padding
+    a = normalize_clip(padded, "ntu25", 64, max_persons=2)
+    b = normalize_clip(x, "ntu25", 64, max_persons=2)
+    assert a.shape == (2, 64, 25, 3) and np.all(a[1] == 0)
+    np.testing.assert_array_equal(a, b)  # trailing zero frames do not matter
+    t = build_transform(64, train=False, max_persons=2)
+    np.testing.assert_array_equal(t(x, np.random.default_rng(0)), a)
+    raw = _raw(0, 5)
+    np.testing.assert_array_equal(normalize_clip(raw, "ntu25", 64, prenormalize="3d"), a)
+    u = normalize_clip(x, "ntu25", 32, mode="uniform", max_persons=1)
+    np.testing.assert_array_equal(u[0], x[0, uniform_indices(x.shape[1], 32)])
+    clips = [normalize_clip(x, "ntu25", 64, crop_ratio=0.7, num_clips=3, clip_index=j) for j in range(3)]
+    assert not np.array_equal(clips[0], clips[2])
+
+
+def test_uniform_indices():
+    idx = uniform_indices(100, 10)
+    assert idx.tolist() == [5, 15, 25, 35, 45, 55, 65, 75, 85, 95]
+    assert uniform_indices(3, 8).tolist() == [0, 0, 0, 1, 1, 2, 2, 2]
+    for j in range(4):
+        i = uniform_indices(57, 16, num_clips=4, clip_index=j)
+        assert (np.diff(i) >= 0).all() and i.min() >= 0 and i.max() < 57
+
+
+def test_random_crop_resize_respects_interval():
+    t = 200
+    ramp = np.broadcast_to(np.arange(t, dtype=np.float32)[None, :, None, None] + 1, (1, t, 2, 3)).copy()
+    crop = RandomCropResize(50, p_interval=(0.5, 1.0), min_crop_len=0)
+    spans = []
+    for s in range(30):
+        out = crop(ramp, np.random.default_rng(s))
+        assert out.shape == (1, 50, 2, 3)
+        assert (np.diff(out[0, :, 0, 0]) > 0).all()
+        spans.append(out[0, -1, 0, 0] - out[0, 0, 0, 0])
+    spans = np.array(spans)
+    assert spans.min() >= 0.5 * t * 0.9 and spans.max() <= t and spans.std() > 5
+    # CTR-GCN's lower bound: never fewer frames than min_crop_len (here all of a short sequence)
+    short = ramp[:, :40]
+    out = RandomCropResize(64)(short, np.random.default_rng(0))
+    np.testing.assert_allclose(out, resize_frames(short, 64))
+
+
+def test_train_pipeline_shapes_determinism_and_zeros():
+    x = pre_normalize_3d(_raw(3, 7), "ntu25")  # one person
+    x[0, :, 7] = 0  # an absent joint
+    t = build_transform(48, train=True, max_persons=2, rotate=0.3, scale=0.1, shear=0.2,
+                        noise_std=0.01)
+    a = t(x, np.random.default_rng(3))
+    b = t(x, np.random.default_rng(3))
+    c = t(x, np.random.default_rng(4))
+    assert a.shape == (2, 48, 25, 3) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert np.all(a[1] == 0) and np.all(a[0, :, 7] == 0)
+
+
+def test_spatial_transforms():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 10, 25, 3)).astype(np.float32)
+    x[1] = 0
+    rot = RandomRotation(0.5)(x, np.random.default_rng(1))
+    np.testing.assert_allclose(np.linalg.norm(rot[0], axis=-1), np.linalg.norm(x[0], axis=-1), rtol=1e-5)
+    assert not np.allclose(rot, x)
+    for t in (RandomScale(0.2), RandomShear(0.3), GaussianNoise(0.05)):
+        out = t(x, np.random.default_rng(2))
+        assert out.shape == x.shape and np.all(out[1] == 0) and not np.allclose(out[0], x[0])
+    x2 = np.concatenate([rng.normal(size=(1, 10, 17, 2)), rng.uniform(size=(1, 10, 17, 1))], -1)
+    out = RandomRotation(0.5, coord_dims=2)(x2, np.random.default_rng(0))
+    np.testing.assert_array_equal(out[..., 2], x2[..., 2].astype(np.float32))
+    np.testing.assert_allclose(np.linalg.norm(out[..., :2], axis=-1),
+                               np.linalg.norm(x2[..., :2], axis=-1), rtol=1e-5)
+
+
+def test_bad_options():
+    with pytest.raises(ValueError):
+        build_transform(16, temporal="nope")
+    with pytest.raises(ValueError):
+        normalize_clip(np.ones((1, 4, 25, 3)), "ntu25", 8, mode="nope")
