@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
 from last_lite.data.normalize import normalize_clip
 from last_lite.data.store import SkeletonStore
@@ -86,6 +86,24 @@ class SkeletonDataset(Dataset):
         if not self.labelled:
             return out
         return out, torch.tensor(int(self.store.labels[i]), dtype=torch.int64)
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A permutation drawn from ``(seed, epoch)`` alone: a run resumed at an epoch boundary sees
+    the same order as an uninterrupted one (Lightning calls ``set_epoch`` every epoch)."""
+
+    def __init__(self, num_samples: int, seed: int = 0) -> None:
+        self.num_samples, self.seed, self.epoch = int(num_samples), int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
 
 
 def stratified_holdout(labels: np.ndarray, indices: np.ndarray, fraction: float,
@@ -231,10 +249,10 @@ class SkeletonDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset, shuffle: bool, batch_size: int,
                 drop_last: bool = False) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+        sampler = EpochShuffleSampler(len(dataset), self.seed) if shuffle else None
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0, generator=generator)
+                          persistent_workers=self.num_workers > 0)
 
     def train_dataset(self) -> Dataset:
         self.setup()

@@ -126,6 +126,16 @@ class PhaseModule(L.LightningModule):
         return {"per_class_accuracy": self.test_per_class.compute().tolist(),
                 "confusion_matrix": self.test_confusion.compute().tolist()}
 
+    # Exact resume: the epoch after a checkpoint must draw the same shuffles, augmentations and
+    # dropout masks as an uninterrupted run, so the RNG state travels with the checkpoint.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("rng_state")
+        if state is not None:
+            torch.set_rng_state(state["torch"])
+
     def trainable_modules(self) -> nn.Module:
         """What the optimiser trains (phases with extra heads override this)."""
         return self.model

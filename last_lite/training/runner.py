@@ -67,8 +67,11 @@ def best_checkpoint(trainer: L.Trainer) -> str | None:
     return callback.best_model_path or callback.last_model_path or None
 
 
-def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str) -> dict:
-    """Fit the phase module, test the checkpoint chosen on validation, write metrics.json."""
+def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str, model_key: str = "model") -> dict:
+    """Fit the phase module, test the checkpoint chosen on validation, write metrics.json.
+
+    ``model_key`` names the config group of the network being trained (``student`` in Path B).
+    """
     started = time.time()
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -78,7 +81,7 @@ def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str) -> dic
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("fit")
-    module = build_module(model_spec_for(cfg.model, datamodule), datamodule)
+    module = build_module(model_spec_for(cfg[model_key], datamodule), datamodule)
     if cfg.get("init_from"):
         init_from(module.model, cfg.init_from)
 
@@ -101,11 +104,11 @@ def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str) -> dic
         details = module.test_results()
         per_class = details["per_class_accuracy"]
         save_confusion_matrix(output_dir / "confusion_matrix.png", details["confusion_matrix"],
-                              datamodule.class_names, title=f"{cfg.model.name}: test top-1 {top1:.2%}")
+                              datamodule.class_names, title=f"{cfg[model_key].name}: test top-1 {top1:.2%}")
         record_extra["confusion_matrix"] = details["confusion_matrix"]
 
     record = metrics_record(
-        command=command, model=cfg.model.name, dataset=dataset_name(),
+        command=command, model=cfg[model_key].name, dataset=dataset_name(),
         top1=top1, top5=top5, per_class_accuracy=per_class, class_names=datamodule.class_names,
         params=count_parameters(module.model), epochs=trainer.current_epoch, seed=cfg.seed,
         wall_time_s=time.time() - started, data_index_sha256=getattr(datamodule, "index_checksum", None),

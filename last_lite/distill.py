@@ -1,0 +1,32 @@
+"""Path B: ``python -m last_lite.distill teacher.ckpt=<teacher .ckpt> student=last_lite_small``.
+
+Sweeps: ``python -m last_lite.distill -m distill.alpha=0.3,0.5,0.7 distill.tau=2,4,6`` and then
+``python -m last_lite.summarize <multirun folder>`` for one table of the swept values.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from last_lite.training.distill import DistillModule
+from last_lite.training.runner import data_spec_for, model_spec_for, run_phase
+
+
+def run(cfg: DictConfig) -> dict:
+    def build(student_spec: dict, datamodule) -> DistillModule:
+        teacher_cfg = OmegaConf.masked_copy(cfg.teacher, [k for k in cfg.teacher if k != "ckpt"])
+        return DistillModule(student_spec, teacher_spec=model_spec_for(teacher_cfg, datamodule),
+                             teacher_ckpt=cfg.teacher.ckpt, optim=dict(cfg.optim), sched=dict(cfg.sched),
+                             data_spec=data_spec_for(datamodule), **cfg.distill, **cfg.module)
+
+    return run_phase(cfg, build, command="distill", model_key="student")
+
+
+@hydra.main(config_path="../conf", config_name="distill", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    return run(cfg)["top1"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Gather a Hydra multirun folder into one table: ``python -m last_lite.summarize <folder>``.
+
+Each job's swept values come from its ``.hydra/overrides.yaml`` and its accuracy from its
+``metrics.json``; the table is printed and written as ``summary.md`` and ``summary.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from pathlib import Path
+
+import yaml
+
+from last_lite.io import atomic_write_text
+
+
+def collect(folder: Path) -> tuple[list[str], list[dict]]:
+    rows, keys = [], []
+    for job in sorted((p for p in folder.iterdir() if p.is_dir() and (p / ".hydra").is_dir()),
+                      key=lambda p: (len(p.name), p.name)):
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
+        row = {"job": job.name}
+        for item in overrides:
+            key, _, value = item.partition("=")
+            row[key] = value
+            if key not in keys:
+                keys.append(key)
+        metrics_file = job / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        row["test_top1"] = metrics.get("top1")
+        row["best_val_top1"] = metrics.get("best_val_top1")
+        row["status"] = "done" if metrics else "no metrics.json"
+        rows.append(row)
+    if not rows:
+        raise SystemExit(f"no Hydra jobs (folders with .hydra/) under {folder}")
+    return ["job", *keys, "test_top1", "best_val_top1", "status"], rows
+
+
+def _fmt(value) -> str:
+    return f"{100 * value:.2f}" if isinstance(value, float) else ("" if value is None else str(value))
+
+
+def write_tables(folder: Path) -> str:
+    columns, rows = collect(folder)
+    md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    md += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(folder / "summary.csv", buffer.getvalue())
+    text = "\n".join(md) + "\n\nAccuracies in percent (test top-1 of the checkpoint chosen on validation).\n"
+    atomic_write_text(folder / "summary.md", text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path, help="a multirun folder (outputs/multirun/<date>/<time>_<task>)")
+    args = parser.parse_args(argv)
+    print(write_tables(args.folder))
+
+
+if __name__ == "__main__":
+    main()

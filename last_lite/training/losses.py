@@ -1,0 +1,19 @@
+"""Loss terms shared by the phases."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def soft_label_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float) -> torch.Tensor:
+    """``tau^2 * KL(softmax(teacher/tau) || softmax(student/tau))``, batch-mean reduction."""
+    return F.kl_div(F.log_softmax(student_logits / tau, dim=1), F.log_softmax(teacher_logits / tau, dim=1),
+                    reduction="batchmean", log_target=True) * tau ** 2
+
+
+def feature_mimicry(projected: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``sum_i MSE(proj_i(student_i), teacher_i)`` over the stages."""
+    return sum(F.mse_loss(p, t) for p, t in zip(projected, targets))

@@ -1,0 +1,92 @@
+"""Path A through its real Hydra entry: training, resume, optimiser groups, evaluation, NaN guard."""
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY_DATA, read_metrics, run_command
+from last_lite.models import create_model
+from last_lite.training.base import weight_decay_groups
+from last_lite.training.checkpoints import load_checkpoint
+
+
+def _epoch_losses(run_dir: Path) -> dict[int, float]:
+    losses: dict[int, list[float]] = {}
+    with open(run_dir / "csv" / "metrics.csv") as fh:
+        for row in csv.DictReader(fh):
+            if row.get("train/loss"):
+                losses.setdefault(int(row["epoch"]), []).append(float(row["train/loss"]))
+    return {e: sum(v) / len(v) for e, v in losses.items()}
+
+
+def test_two_epoch_run_through_hydra_lowers_the_loss_and_writes_its_record(tmp_path):
+    run_command("train", ["model=last_lite_nano", "trainer.max_epochs=3", "optim.lr=0.05", *TINY_DATA],
+                tmp_path)
+    losses = _epoch_losses(tmp_path)
+    assert losses[2] < losses[0]
+    metrics = read_metrics(tmp_path)
+    assert metrics["schema"] == "last_lite.metrics/1" and metrics["command"] == "train"
+    assert metrics["model"] == "last_lite_nano" and metrics["dataset"] == "synthetic"
+    assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 1.0
+    assert len(metrics["per_class_accuracy"]) == 16 and metrics["epochs"] == 3
+    assert metrics["params"] == sum(p.numel() for p in create_model("last_lite_nano", num_classes=16).parameters())
+    assert len(metrics["data_index_sha256"]) == 64 and metrics["versions"]["torch"]
+    assert (tmp_path / "confusion_matrix.png").stat().st_size > 1000
+    assert (tmp_path / "config.yaml").is_file()
+    assert Path(metrics["checkpoint"]).name == "best.ckpt"
+
+
+def test_resume_from_a_mid_run_checkpoint_reproduces_the_uninterrupted_run(tmp_path):
+    common = ["model=last_lite_nano", "trainer.max_epochs=3", "test_after_fit=false",
+              "callbacks.model_checkpoint.save_top_k=-1", "callbacks.model_checkpoint.filename='e{epoch}'",
+              "callbacks.model_checkpoint.monitor=null", *TINY_DATA]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    run_command("train", common, full)
+    mid = full / "checkpoints" / "e0.ckpt"
+    assert mid.is_file()
+    run_command("train", [*common, f"ckpt_path={mid}"], resumed)
+    final_full = load_checkpoint(full / "checkpoints" / "last.ckpt")["state_dict"]
+    final_resumed = load_checkpoint(resumed / "checkpoints" / "last.ckpt")["state_dict"]
+    assert final_full.keys() == final_resumed.keys()
+    for key, value in final_full.items():
+        assert torch.equal(value, final_resumed[key]), key
+
+
+def test_weight_decay_skips_biases_norms_gate_alphas_edges_and_the_pooling_gate():
+    model = create_model("last_e_v3_base", num_classes=10)
+    decay, no_decay = weight_decay_groups(model, 4e-4)
+    assert decay["weight_decay"] == 4e-4 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    skipped = {names[id(p)] for p in no_decay["params"]}
+    assert decayed | skipped == set(names.values()) and not decayed & skipped
+    for name in skipped:
+        assert (name.endswith((".bias", "alpha", "edge_weight", "pool.gate"))
+                or ".bn" in name or "norm" in name or name.split(".")[-2].isdigit()), name
+    assert "pool.gate" in skipped and any(n.endswith("edge_weight") for n in skipped)
+    assert any(n.endswith("gate.alpha") for n in skipped) and any(n.endswith("att.alpha") for n in skipped)
+    assert all(n.endswith("weight") and not n.endswith("edge_weight") for n in decayed)
+    assert "classifier.weight" in decayed and "classifier.bias" in skipped
+
+
+def test_evaluate_writes_metrics_and_confusion_matrix(tmp_path):
+    train_dir, eval_dir = tmp_path / "train", tmp_path / "eval"
+    run_command("train", ["model=last_lite_nano", "trainer.max_epochs=1", *TINY_DATA], train_dir)
+    ckpt = read_metrics(train_dir)["checkpoint"]
+    tiny = [o for o in TINY_DATA if o.startswith("data.")]
+    run_command("evaluate", [f"ckpt={ckpt}", *tiny], eval_dir)
+    metrics = read_metrics(eval_dir)
+    assert metrics["command"] == "evaluate"
+    # The same checkpoint on the same clips gives the training run's test accuracy.
+    assert metrics["top1"] == pytest.approx(read_metrics(train_dir)["top1"])
+    assert (eval_dir / "confusion_matrix.png").is_file() and (eval_dir / "confusion_matrix.json").is_file()
+    run_command("evaluate", [f"ckpt={ckpt}", "test_clips=3", *tiny], eval_dir)
+    assert read_metrics(eval_dir)["test_clips"] == 3
+
+
+def test_unknown_config_key_fails_before_any_work(tmp_path):
+    result = run_command("train", ["trainer.max_epocs=2"], tmp_path, check=False)
+    assert result.returncode != 0 and "max_epocs" in result.stderr
+    assert not (tmp_path / "checkpoints").exists()
