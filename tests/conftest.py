@@ -19,7 +19,8 @@ TINY_DATA = ["data.source.train_per_class=8", "data.source.test_per_class=4", "d
 def run_command(module: str, overrides: list[str], run_dir: Path, check: bool = True,
                 timeout: int = 600) -> subprocess.CompletedProcess:
     """``python -m last_lite.<module> <overrides> hydra.run.dir=<run_dir>`` in a subprocess."""
-    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "PYTHONHASHSEED": "0"}
+    # One intra-op thread: these clips are tiny, and threads only fight over the two cores.
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", f"last_lite.{module}", *overrides, f"hydra.run.dir={run_dir}"]
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:

@@ -94,7 +94,8 @@ def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str, model_
                                     "val_is_test": bool(getattr(datamodule, "val_is_test", False))}
     callback = trainer.checkpoint_callback
     if callback is not None and callback.best_model_score is not None:
-        record_extra["best_val_top1"] = float(callback.best_model_score)
+        # e.g. best_val_top1 (Path A/B) or best_val_loss (pretraining)
+        record_extra[f"best_{str(callback.monitor).replace('/', '_')}"] = float(callback.best_model_score)
 
     top1 = top5 = per_class = None
     if cfg.get("test_after_fit", True):
@@ -125,10 +126,13 @@ def print_summary(record: dict, output_dir: Path) -> None:
     for key in ("top1", "top5", "best_val_top1"):
         if record.get(key) is not None:
             table.add_row(key, f"{100 * record[key]:.2f}%")
+    if record.get("best_val_loss") is not None:
+        table.add_row("best_val_loss", f"{record['best_val_loss']:.4f}")
     table.add_row("params", f"{record['params']:,}")
     table.add_row("epochs", str(record["epochs"]))
     table.add_row("wall time", f"{record['wall_time_s']:.0f} s")
     console = Console()
     console.print(table)
-    console.print(f"outputs: {output_dir} (metrics.json, confusion_matrix.png, checkpoints/)")
+    files = ["metrics.json", "checkpoints/"] + (["confusion_matrix.png"] if record.get("top1") is not None else [])
+    console.print(f"outputs: {output_dir} ({', '.join(files)})")
 

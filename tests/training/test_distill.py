@@ -1,0 +1,133 @@
+"""Path B: the loss, the frozen teacher, projections, Path A equivalence, Hydra runs and sweeps."""
+
+import csv
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import TINY_DATA, read_metrics, run_command
+from last_lite.data.datamodule import SkeletonDataModule
+from last_lite.data.sources.synthetic import SyntheticSource
+from last_lite.training.distill import DistillModule
+from last_lite.training.losses import feature_mimicry, soft_label_kl
+from last_lite.training.supervised import SupervisedModule
+from last_lite.summarize import write_tables
+
+
+
+def test_soft_label_kl_and_feature_mimicry_equal_a_hand_computation():
+    s = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
+    t = torch.tensor([[2.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    tau = 2.0
+    p_t = torch.softmax(t / tau, 1)
+    p_s = torch.softmax(s / tau, 1)
+    by_hand = (p_t * (p_t.log() - p_s.log())).sum(1).mean() * tau ** 2
+    torch.testing.assert_close(soft_label_kl(s, t, tau), by_hand)
+    a, b = [torch.ones(2, 3), torch.zeros(1, 4)], [torch.zeros(2, 3), torch.full((1, 4), 2.0)]
+    torch.testing.assert_close(feature_mimicry(a, b), torch.tensor(1.0 + 4.0))
+
+
+def _teacher_ckpt(tiny_teacher_run):
+    return read_metrics(tiny_teacher_run)["checkpoint"]
+
+
+def _specs():
+    student = {"name": "last_lite_nano", "num_classes": 16, "layout": "ntu25", "in_channels": 3}
+    teacher = {**student, "name": "last_e_v3_nano"}
+    return student, teacher
+
+
+def test_total_loss_combines_the_terms_as_specified(tiny_teacher_run):
+    student, teacher = _specs()
+    module = DistillModule(student, teacher, _teacher_ckpt(tiny_teacher_run), alpha=0.3, tau=4.0, gamma=0.1)
+    assert module.beta == pytest.approx(0.7)
+    assert DistillModule(student, teacher, _teacher_ckpt(tiny_teacher_run), alpha=0.3, beta=0.2).beta == 0.2
+    module.train()
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 3, 16, 25, 2), torch.tensor([0, 3, 5, 7])
+    torch.manual_seed(1)
+    loss, terms = module.model_step((x, y))
+    torch.manual_seed(1)
+    feats = module.model.forward_features(x)
+    logits = module.model.forward_head(feats["pooled"])
+    with torch.no_grad():
+        t_feats = module.teacher.forward_features(x)
+        t_logits = module.teacher.forward_head(t_feats["pooled"])
+    ce = F.cross_entropy(logits, y, label_smoothing=0.1)
+    kl = F.kl_div(F.log_softmax(logits / 4, 1), F.softmax(t_logits / 4, 1), reduction="batchmean") * 16
+    mse = sum(F.mse_loss(p(s), t) for p, s, t in zip(module.projections, feats["stages"], t_feats["stages"]))
+    torch.testing.assert_close(loss, 0.3 * ce + 0.7 * kl + 0.1 * mse)
+    torch.testing.assert_close(terms["feature_mse"], mse.detach())
+
+
+def test_projections_map_each_student_stage_to_the_teacher_channels(tiny_teacher_run):
+    student, teacher = _specs()
+    module = DistillModule({**student, "name": "last_lite_small"}, teacher, _teacher_ckpt(tiny_teacher_run))
+    assert [(p.in_channels, p.out_channels, p.kernel_size) for p in module.projections] == [
+        (40, 32, (1, 1)), (56, 48, (1, 1)), (72, 64, (1, 1))]
+    assert not any(k.startswith("projections") for k in module.model.state_dict())
+
+
+def test_the_teacher_gets_no_gradient_and_stays_unchanged_after_a_step(tiny_teacher_run):
+    student, teacher = _specs()
+    module = DistillModule(student, teacher, _teacher_ckpt(tiny_teacher_run), alpha=0.5, gamma=0.1)
+    before = {k: v.clone() for k, v in module.teacher.state_dict().items()}
+    module.train()
+    assert not module.teacher.training
+    optimizer = torch.optim.SGD(module.trainable_modules().parameters(), lr=0.1)
+    loss, _ = module.model_step((torch.randn(4, 3, 16, 25, 2), torch.tensor([0, 1, 2, 3])))
+    loss.backward()
+    optimizer.step()
+    assert all(p.grad is None and not p.requires_grad for p in module.teacher.parameters())
+    assert all(torch.equal(v, module.teacher.state_dict()[k]) for k, v in before.items())
+    assert all(p.grad is not None for p in module.projections.parameters())
+
+
+def test_a_teacher_checkpoint_that_does_not_fit_fails_before_training(tiny_teacher_run):
+    student, teacher = _specs()
+    with pytest.raises(ValueError, match="does not fit teacher config 'last_e_v3_small'"):
+        DistillModule(student, {**teacher, "name": "last_e_v3_small"}, _teacher_ckpt(tiny_teacher_run))
+
+
+def _fit(module, seed):
+    datamodule = SkeletonDataModule(SyntheticSource(num_classes=16, train_per_class=4, test_per_class=2),
+                                    split="xsub", clip_len=16, batch_size=16, seed=seed,
+                                    cache_dir="outputs/cache")
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, deterministic=True,
+                        num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=datamodule)
+    return module.model.state_dict()
+
+
+def test_alpha_one_gamma_zero_trains_exactly_like_path_a(tiny_teacher_run):
+    student, teacher = _specs()
+    L.seed_everything(3)
+    path_a = _fit(SupervisedModule(student, sched={"name": "cosine_warmup", "warmup_epochs": 0}), 3)
+    L.seed_everything(3)
+    path_b = _fit(DistillModule(student, teacher, _teacher_ckpt(tiny_teacher_run), alpha=1.0, gamma=0.0,
+                                sched={"name": "cosine_warmup", "warmup_epochs": 0}), 3)
+    for key, value in path_a.items():
+        torch.testing.assert_close(path_b[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_distillation_and_a_small_sweep_run_through_hydra(tiny_teacher_run, tmp_path):
+    teacher = [f"teacher.ckpt={_teacher_ckpt(tiny_teacher_run)}", "teacher=last_e_v3_nano",
+               "student=last_lite_nano", "distill=nano"]
+    run_command("distill", [*teacher, "trainer.max_epochs=2", *TINY_DATA], tmp_path / "single")
+    metrics = read_metrics(tmp_path / "single")
+    assert metrics["command"] == "distill" and metrics["model"] == "last_lite_nano"
+    with open(tmp_path / "single" / "csv" / "metrics.csv") as fh:
+        header = next(csv.reader(fh))
+    assert {"train/ce", "train/kl", "train/feature_mse", "val/teacher_top1"} <= set(header)
+
+    sweep = tmp_path / "sweep"
+    run_command("distill", ["-m", *teacher, "distill.alpha=0.3,0.7", "distill.gamma=0.1",
+                            "trainer.max_epochs=1", *TINY_DATA, f"hydra.sweep.dir={sweep}"], tmp_path / "unused")
+    table = write_tables(sweep)
+    assert table.count("\n| ") == 3 and "distill.alpha" in table
+    rows = list(csv.DictReader(open(sweep / "summary.csv")))
+    assert [r["distill.alpha"] for r in rows] == ["0.3", "0.7"]
+    assert all(r["status"] == "done" and 0 <= float(r["test_top1"]) <= 1 for r in rows)
