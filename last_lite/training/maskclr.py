@@ -20,12 +20,15 @@ One training step, for a batch of clips ``x`` (N, C, T, V, M):
    (SimCLR's 2N-sample form, temperature 0.07);
 
 and the loss is ``recon_weight * L_recon + clr_weight * L_clr`` (1 and 0.5 by default).
+NT-Xent's negatives are the other clips of the same device's batch (no gathering across DDP
+processes), so the batch size per device sets how many there are.
 Validation logs ``val/loss``, ``val/recon`` and ``val/clr`` with views and masks drawn from a
 generator reseeded at every validation epoch, so the numbers are comparable across epochs.
 
 :func:`save_encoder` writes the encoder as safetensors under the student's own parameter names
 (every state_dict key but the head's), which ``init_from=<encoder.safetensors>`` of the train
-and distill commands loads.
+and distill commands loads; ``last_lite.pretrain`` first recomputes its BatchNorm statistics on
+unmasked clips (:func:`recalibrate_batchnorm`), since pretraining only ever saw masked ones.
 """
 
 from __future__ import annotations
