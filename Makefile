@@ -1,10 +1,14 @@
-# last_lite: set-up, tests, demo and export. Everything runs inside .venv.
+# last_lite: set-up, tests, demo, export and the pipeline. Everything runs inside .venv.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
+DEMO_DIR ?= outputs/demo
+CKPT    ?=
+BACKEND ?= onnx_int8
+DATA    ?= synthetic
 
-.PHONY: install test demo export clean
+.PHONY: install test demo export pipeline clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +22,17 @@ install: $(VENV)/.installed
 
 test: install
 	$(PY) -m pytest -q
+
+# A short Path A run on the embedded synthetic set, then its evaluation (a few minutes on 2 cores).
+demo: install
+	$(PY) -m last_lite.train model=last_lite_small trainer.max_epochs=8 hydra.run.dir=$(DEMO_DIR)/train
+	$(PY) -m last_lite.evaluate ckpt=$(DEMO_DIR)/train/checkpoints/best.ckpt hydra.run.dir=$(DEMO_DIR)/evaluate
+	@echo "Plots: $(DEMO_DIR)/train/confusion_matrix.png, $(DEMO_DIR)/evaluate/confusion_matrix.png; curves: $(DEMO_DIR)/train/csv/metrics.csv"
+
+# make export CKPT=outputs/.../checkpoints/best.ckpt BACKEND=onnx|onnx_int8|tensorrt
+export: install
+	@test -n "$(CKPT)" || { echo "usage: make export CKPT=<checkpoint> [BACKEND=onnx|onnx_int8|tensorrt]"; exit 2; }
+	$(PY) -m last_lite.export ckpt=$(CKPT) export=$(BACKEND)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
