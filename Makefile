@@ -7,6 +7,7 @@ DEMO_DIR ?= outputs/demo
 CKPT    ?=
 BACKEND ?= onnx_int8
 DATA    ?= synthetic
+RUN     ?= outputs/pipeline/$(DATA)
 
 .PHONY: install test demo export pipeline clean
 
@@ -33,6 +34,11 @@ demo: install
 export: install
 	@test -n "$(CKPT)" || { echo "usage: make export CKPT=<checkpoint> [BACKEND=onnx|onnx_int8|tensorrt]"; exit 2; }
 	$(PY) -m last_lite.export ckpt=$(CKPT) export=$(BACKEND)
+
+# The decision tree (Path A -> B -> C -> INT8 export), resumable: rerun to continue.
+#   make pipeline DATA=nw_ucla [RUN=outputs/pipeline/nw_ucla] [ARGS='pipeline.force=[teacher]']
+pipeline: install
+	$(PY) -m last_lite.pipeline data=$(DATA) $(if $(wildcard conf/experiment/$(DATA).yaml),experiment=$(DATA)) hydra.run.dir=$(RUN) $(ARGS)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

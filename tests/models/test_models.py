@@ -86,7 +86,8 @@ def test_zero_initialised_gates_make_a_fresh_block_equal_its_gate_free_version()
     torch.testing.assert_close(gated(x), plain(x), rtol=0, atol=0)
     # The hybrid gate too, and a non-zero alpha really changes the output.
     hybrid = Block(32, 48, adjacency, stride=2, gate="hybrid", joint_att=True).eval()
-    hybrid.load_state_dict(gated.state_dict(), strict=False)
+    hybrid.load_state_dict({k: v for k, v in gated.state_dict().items() if not k.startswith("gate.")},
+                           strict=False)
     torch.testing.assert_close(hybrid(x), plain(x), rtol=0, atol=0)
     with torch.no_grad():
         gated.gate.alpha.fill_(1.0)
@@ -141,7 +142,7 @@ def test_wrong_input_shape_is_a_clear_error():
 
 def test_no_einsum_under_models():
     package = Path(__import__("last_lite.models", fromlist=["x"]).__file__).parent
-    offenders = [p.name for p in package.glob("*.py") if re.search(r"\beinsum\b", p.read_text())]
+    offenders = [p.name for p in package.glob("*.py") if re.search(r"einsum\s*\(", p.read_text())]
     assert offenders == []
 
 

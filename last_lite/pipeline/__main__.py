@@ -1,0 +1,136 @@
+"""``python -m last_lite.pipeline data=<data> [experiment=<exp>] [hydra.run.dir=<run folder>]``.
+
+Walks the decision tree (:mod:`last_lite.pipeline.tree`): Path A (teacher, then the reference),
+Path B (distillation into each student), Path C where the rule asks for it, then INT8 ONNX
+export of each student's checkpoint chosen on validation; writes ``report.md``, ``report.json``
+and ``plots/`` into the run folder.
+
+Rerun the same command with the same ``hydra.run.dir`` (or ``run_dir=``) to resume: finished
+stages whose config hash matches are reused, a half-written one is moved aside and redone,
+``pipeline.force=[stage,...]`` redoes the named stages (and, through their new outputs, every
+stage downstream). Changing a threshold (``pipeline.thresholds.*``) reuses every stage.
+
+Exit status: 0 when the tree completed or stopped at a decision (the report says which), 1 when
+a stage failed (the report names it and its log).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from last_lite.pipeline.state import Lock, PipelineState, Stage, StageFailed, StageRunner, now
+from last_lite.pipeline.tree import CONF_DIR, Tree
+
+log = logging.getLogger("last_lite.pipeline")
+
+
+@contextlib.contextmanager
+def _hydra_context():
+    """The stages' configs are composed with Hydra's compose API: inside the Hydra app it is
+    ready; called from Python (tests), initialise it on the package's conf/ for the call."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        yield
+        return
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        yield
+
+
+def stage_identity(run_dir: Path, cwd: Path):
+    """The stage's own config, composed from its command's root config and its overrides and
+    resolved (``paths.root_dir`` = the working directory, ``paths.output_dir`` = its folder)."""
+    from hydra import compose
+
+    def identity(stage: Stage) -> dict[str, Any]:
+        overrides = [o for o in stage.overrides if not o.startswith(("hydra.", "hydra/", "+hydra"))]
+        cfg = compose(config_name=stage.command, overrides=overrides)
+        if "paths" in cfg:
+            with open_dict(cfg):
+                cfg.paths.root_dir = str(cwd)
+                cfg.paths.output_dir = str(run_dir / stage.name)
+        try:
+            return OmegaConf.to_container(cfg, resolve=True)
+        except Exception:  # an interpolation only the stage's own Hydra run can resolve
+            return OmegaConf.to_container(cfg, resolve=False)
+
+    return identity
+
+
+def run(cfg: DictConfig, runner_fn=None) -> dict[str, Any]:
+    """Walk the tree in ``cfg.run_dir``; returns the report record (also on a stage failure,
+    with ``status: failed``). ``runner_fn`` replaces the subprocess runner (tests)."""
+    from last_lite.pipeline.report import write_report
+
+    run_dir = Path(str(cfg.run_dir)).expanduser().resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cwd = Path(os.getcwd())
+    force = [str(s) for s in (cfg.pipeline.get("force") or [])]
+    with _hydra_context(), Lock(run_dir):
+        state = PipelineState(run_dir)
+        kwargs = {} if runner_fn is None else {"runner": runner_fn}
+        runner = StageRunner(state, stage_identity(run_dir, cwd), force=force,
+                             python=cfg.get("python"), cwd=cwd, **kwargs)
+        tree = Tree(cfg, state, runner)
+        invocation: dict[str, Any] = {"started_at": now(), "argv": list(sys.argv), "force": force,
+                                      "thresholds": OmegaConf.to_container(cfg.pipeline.thresholds,
+                                                                           resolve=True)}
+        try:
+            tree.run()
+        except StageFailed as exc:
+            tree.outcome["status"] = "failed"
+            tree.outcome["failures"].append(
+                f"stage {exc.stage} failed (exit code {exc.returncode}); log: {exc.log_path}")
+            log.error("%s", exc)
+        finally:
+            if tree.outcome["status"] == "running":  # an exception other than a stage failure
+                tree.outcome["status"] = "error"
+            unknown = sorted(set(force) - set(tree.outcome["stages"]))
+            if unknown:
+                tree.outcome["warnings"].append(
+                    f"pipeline.force names stages this run did not reach: {', '.join(unknown)}")
+            invocation.update(finished_at=now(), status=tree.outcome["status"],
+                              actions=dict(runner.actions))
+            state.data["invocations"].append(invocation)
+            state.data["last_invocation"] = invocation
+            state.save()
+        report = write_report(cfg, state, runner, tree.outcome, invocation)
+    _print_summary(report)
+    return report
+
+
+def _print_summary(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = Console(highlight=False)
+    console.print(f"[bold]pipeline: {report['status']}[/bold]" +
+                  (f" - {escape(report['stop_reason'])}" if report.get("stop_reason") else ""))
+    for d in report["decisions"]:
+        console.print(f"  {d['id']}: {d['outcome']} - {d['reason']}", markup=False)
+    actions = report["invocation"].get("actions") or {}
+    console.print("  stages: " + ", ".join(f"{k} ({v})" for k, v in actions.items()), markup=False)
+    for f in report["failures"] + report["warnings"]:
+        console.print(f"  {f}", markup=False)
+    console.print(f"  report: {Path(report['run_dir']) / 'report.md'}")
+
+
+@hydra.main(config_path="../../conf", config_name="pipeline", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    report = run(cfg)
+    if report["status"] == "failed":
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,391 @@
+"""Resumable stages: a JSON state file, a config hash per stage, subprocess runs.
+
+A *stage* is one command of the package (``train``, ``distill``, ``pretrain``, ``export``) run as
+``python -m last_lite.<command> <overrides> hydra.run.dir=<run folder>/<stage>`` in a subprocess,
+so each has its own Hydra run and a crash stays inside it.
+
+Identity: the SHA-256 of the stage's own composed config (the command's root config with the
+stage's overrides: data, model, recipe, seed...), its overrides and the fingerprints of the
+stages it consumes (their metrics.json), with the pipeline run folder written as ``${run}`` so a
+copied run folder keeps its hashes. The pipeline's thresholds are not part of it: changing one
+reuses every finished stage.
+
+The state file ``<run folder>/pipeline_state.json`` (written atomically) records per stage its
+status (``running`` / ``done`` / ``failed``), hash, command, outputs (relative to the run
+folder) and what the latest pipeline invocation did with it (``ran`` / ``reused`` / ``forced``).
+
+A stage is ``done`` only after its metrics.json (and the outputs its consumers need) exist. On a
+rerun a stage is reused when it is done, its hash matches and its outputs are still there;
+otherwise its folder (half-written, stale or forced) is moved aside into ``_aside/`` and the
+stage runs again from scratch.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from last_lite.io import atomic_write_json
+
+log = logging.getLogger("last_lite.pipeline")
+
+STATE_FILE = "pipeline_state.json"
+STATE_SCHEMA = "last_lite.pipeline_state/1"
+RUN_TOKEN = "${run}"
+CWD_TOKEN = "${cwd}"
+ASIDE_DIR = "_aside"
+LOG_DIR = "logs"
+
+
+class StageFailed(RuntimeError):
+    """A stage's command exited with an error (its log is in ``<run>/logs/<stage>.log``)."""
+
+    def __init__(self, stage: str, returncode: int, log_path: Path, tail: str):
+        super().__init__(f"stage {stage!r} failed (exit code {returncode}); log: {log_path}\n{tail}")
+        self.stage, self.returncode, self.log_path, self.tail = stage, returncode, log_path, tail
+
+
+def now() -> str:
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class Stage:
+    """One command of the tree. ``inputs`` name the stages it consumes (their fingerprints join
+    its identity); ``outputs(metrics, stage_dir)`` lists the files the stage must have made."""
+
+    name: str
+    command: str                       # last_lite.<command>
+    overrides: list[str]
+    inputs: list[str] = field(default_factory=list)
+    required_outputs: Callable[[dict, Path], dict[str, Path]] | None = None
+    optional: bool = False             # a failure is recorded, the pipeline goes on
+
+    def argv(self, python: str, stage_dir: Path) -> list[str]:
+        return [python, "-m", f"last_lite.{self.command}", *self.overrides, f"hydra.run.dir={stage_dir}"]
+
+
+def rebase(path: str | None, recorded_dir: str | None, stage_dir: Path) -> Path | None:
+    """A path the stage recorded (absolute, in the folder it ran in) inside ``stage_dir`` now:
+    a run folder copied or moved elsewhere still finds its checkpoints."""
+    if not path:
+        return None
+    p = Path(path)
+    if recorded_dir:
+        try:
+            return stage_dir / p.relative_to(Path(recorded_dir))
+        except ValueError:
+            pass
+    return p
+
+
+def training_outputs(metrics: dict, stage_dir: Path) -> dict[str, Path]:
+    """train / distill: the checkpoint chosen on validation."""
+    ckpt = rebase(metrics.get("checkpoint"), metrics.get("output_dir"), stage_dir)
+    return {"checkpoint": ckpt} if ckpt else {"checkpoint": stage_dir / "checkpoints" / "best.ckpt"}
+
+
+def pretrain_outputs(metrics: dict, stage_dir: Path) -> dict[str, Path]:
+    """pretrain: metrics.json is written twice; done once it names the saved encoder."""
+    encoder = rebase(metrics.get("encoder"), metrics.get("output_dir"), stage_dir)
+    return {"encoder": encoder if encoder else stage_dir / "encoder.safetensors"}
+
+
+def export_outputs(metrics: dict, stage_dir: Path) -> dict[str, Path]:
+    out = {"report": stage_dir / "report.json"}
+    for name, facts in (metrics.get("files") or {}).items():
+        rebased = rebase(facts.get("path"), metrics.get("output_dir"), stage_dir)
+        if rebased:
+            out[f"model_{name}"] = rebased
+    return out
+
+
+class PipelineState:
+    """The state file of one pipeline run folder."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / STATE_FILE
+        if self.path.is_file():
+            data = json.loads(self.path.read_text())
+        else:
+            data = {}
+        self.data: dict[str, Any] = {"schema": STATE_SCHEMA, "stages": {}, "invocations": [], **data}
+
+    @property
+    def stages(self) -> dict[str, dict]:
+        return self.data["stages"]
+
+    def save(self) -> None:
+        atomic_write_json(self.path, self.data)
+
+    def stage_dir(self, name: str) -> Path:
+        return self.run_dir / name
+
+    def metrics(self, name: str) -> dict:
+        return json.loads((self.stage_dir(name) / "metrics.json").read_text())
+
+    def fingerprint(self, name: str) -> str:
+        """What a consumer of stage ``name`` saw: its metrics.json (a rerun changes wall_time_s)."""
+        return file_sha256(self.stage_dir(name) / "metrics.json")[:16]
+
+
+class Lock:
+    """``<run>/.pipeline.lock``: one pipeline per run folder at a time."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".pipeline.lock"
+
+    def __enter__(self) -> "Lock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    pid = int(self.path.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and _alive(pid) and pid != os.getpid():
+                    raise RuntimeError(f"another pipeline (pid {pid}) is running in {self.path.parent}; "
+                                       f"remove {self.path} if it is not") from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(str(os.getpid()))
+            return self
+        raise RuntimeError(f"cannot take the lock {self.path}")
+
+    def __exit__(self, *exc) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_subprocess(argv: Sequence[str], log_path: Path, cwd: Path, on_start: Callable[[int], None]) -> int:
+    """Run ``argv`` with stdout+stderr into ``log_path``; a signal to the pipeline ends the child
+    too (no orphan keeps writing into a stage folder the next run would move aside)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
+    with open(log_path, "w", encoding="utf-8") as out:
+        out.write("$ " + " ".join(argv) + "\n")
+        out.flush()
+        proc = subprocess.Popen(list(argv), cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        on_start(proc.pid)
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def _terminate(signum, frame):  # pragma: no cover - exercised by hand
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        try:
+            signal.signal(signal.SIGTERM, _terminate)
+        except ValueError:  # not the main thread
+            previous = None
+        try:
+            return proc.wait()
+        except BaseException:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # pragma: no cover
+                proc.kill()
+                proc.wait()
+            raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: obj}
+
+
+def changed_keys(old: Mapping[str, Any] | None, new: Mapping[str, Any], limit: int = 20) -> list[str]:
+    """The identity entries that differ (why a finished stage is stale)."""
+    if not old:
+        return []
+    a, b = _flatten(dict(old)), _flatten(dict(new))
+    return sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))[:limit]
+
+
+def log_tail(path: Path, chars: int = 4000) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")[-chars:]
+    except OSError:
+        return ""
+
+
+class StageRunner:
+    """Runs or reuses stages of one run folder.
+
+    ``identity(stage) -> dict`` gives the stage's identity (its composed config); the runner adds
+    the command, the overrides and the inputs' fingerprints, writes ``${run}`` for the run folder
+    and hashes the result.
+    """
+
+    def __init__(self, state: PipelineState, identity: Callable[[Stage], Mapping[str, Any]],
+                 force: Sequence[str] = (), python: str | None = None, cwd: Path | None = None,
+                 runner: Callable[..., int] = run_subprocess):
+        self.state = state
+        self.identity = identity
+        self.force = set(force)
+        self.python = python or sys.executable
+        self.cwd = Path(cwd or os.getcwd())
+        self.runner = runner
+        self.actions: dict[str, str] = {}
+
+    # -- identity ---------------------------------------------------------------------------
+    def stage_hash(self, stage: Stage) -> tuple[str, dict]:
+        ident = {"command": stage.command,
+                 "overrides": [o for o in stage.overrides if not o.startswith("hydra.")],
+                 "config": self.identity(stage),
+                 "inputs": {name: self.state.fingerprint(name) for name in stage.inputs}}
+        text = json.dumps(ident, sort_keys=True, default=str)
+        text = text.replace(str(self.state.run_dir.resolve()), RUN_TOKEN).replace(str(self.state.run_dir), RUN_TOKEN)
+        text = text.replace(str(self.cwd.resolve()), CWD_TOKEN)
+        return hashlib.sha256(text.encode()).hexdigest()[:16], json.loads(text)
+
+    # -- completeness -------------------------------------------------------------------------
+    def outputs_of(self, stage: Stage) -> dict[str, Path] | None:
+        """The stage's outputs if its folder holds a complete run, else None."""
+        stage_dir = self.state.stage_dir(stage.name)
+        metrics_file = stage_dir / "metrics.json"
+        if not metrics_file.is_file():
+            return None
+        try:
+            metrics = json.loads(metrics_file.read_text())
+        except ValueError:
+            return None
+        outputs = {"metrics": metrics_file}
+        if stage.required_outputs is not None:
+            outputs.update(stage.required_outputs(metrics, stage_dir))
+        if not all(Path(p).exists() for p in outputs.values()):
+            return None
+        return outputs
+
+    def _relative(self, outputs: Mapping[str, Path]) -> dict[str, str]:
+        rel = {}
+        for key, path in outputs.items():
+            try:
+                rel[key] = str(Path(path).resolve().relative_to(self.state.run_dir.resolve()))
+            except ValueError:
+                rel[key] = str(path)
+        return rel
+
+    def output(self, name: str, key: str) -> Path:
+        """An output of a finished stage, as a path in this run folder."""
+        value = Path(self.state.stages[name]["outputs"][key])
+        return value if value.is_absolute() else self.state.run_dir / value
+
+    def move_aside(self, name: str, reason: str) -> Path | None:
+        stage_dir = self.state.stage_dir(name)
+        if not stage_dir.exists():
+            return None
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        target = self.state.run_dir / ASIDE_DIR / f"{name}.{reason}.{stamp}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(stage_dir), str(target))
+        log.info("stage %s: moved its %s folder aside to %s", name, reason, target)
+        return target
+
+    # -- run or reuse ---------------------------------------------------------------------------
+    def ensure(self, stage: Stage) -> dict:
+        """Reuse the stage if it is done with the same hash, else (re)run it. Returns its state
+        record; raises :class:`StageFailed` when the command fails (the state says ``failed``)."""
+        digest, ident = self.stage_hash(stage)
+        record = self.state.stages.get(stage.name) or {}
+        outputs = self.outputs_of(stage)
+        forced = stage.name in self.force
+        if (not forced and record.get("status") == "done" and record.get("hash") == digest
+                and outputs is not None):
+            self.actions[stage.name] = "reused"
+            record["last_action"] = "reused"
+            record["outputs"] = self._relative(outputs)
+            self.state.save()
+            log.info("stage %s: reused (hash %s)", stage.name, digest)
+            return record
+
+        if record.get("status") == "running" and record.get("pid") and _alive(int(record["pid"])) \
+                and int(record["pid"]) != os.getpid():
+            raise RuntimeError(f"stage {stage.name} is still running (pid {record['pid']})")
+        if forced:
+            reason = "forced"
+        elif record.get("status") == "done" and outputs is not None:
+            reason = "stale"      # its config (or an input) changed
+        elif not record and not self.state.stage_dir(stage.name).exists():
+            reason = "new"
+        else:
+            reason = "incomplete"  # interrupted, failed, or never recorded
+        changed = changed_keys(record.get("identity"), ident) if reason == "stale" else []
+        aside = self.move_aside(stage.name, reason)
+        stage_dir = self.state.stage_dir(stage.name)
+        argv = stage.argv(self.python, stage_dir)
+        log_path = self.state.run_dir / LOG_DIR / f"{stage.name}.log"
+        record = {"status": "running", "hash": digest, "command": stage.command,
+                  "argv": argv[1:], "overrides": list(stage.overrides), "identity": ident,
+                  "inputs": list(stage.inputs), "stage_dir": stage.name,
+                  "log": str(log_path.relative_to(self.state.run_dir)), "started_at": now(),
+                  "reason": reason, "changed": changed, "moved_aside": str(aside.relative_to(self.state.run_dir)) if aside else None,
+                  "runs": int((self.state.stages.get(stage.name) or {}).get("runs", 0)) + 1}
+        self.state.stages[stage.name] = record
+        self.state.save()
+        log.info("stage %s: running (%s%s; hash %s; log %s): %s", stage.name, reason,
+                 f": {', '.join(changed[:5])} changed" if changed else "", digest, log_path,
+                 " ".join(argv))
+
+        def on_start(pid: int) -> None:
+            record["pid"] = pid
+            self.state.save()
+
+        returncode = self.runner(argv, log_path, self.cwd, on_start)
+        record["returncode"] = returncode
+        record["finished_at"] = now()
+        record.pop("pid", None)
+        outputs = self.outputs_of(stage) if returncode == 0 else None
+        if outputs is None:
+            record["status"] = "failed"
+            self.actions[stage.name] = "failed"
+            record["last_action"] = "failed"
+            self.state.save()
+            tail = log_tail(log_path)
+            if returncode == 0:
+                tail = "the command exited 0 but left no complete outputs (metrics.json)\n" + tail
+            raise StageFailed(stage.name, returncode, log_path, tail)
+        record["status"] = "done"
+        record["outputs"] = self._relative(outputs)
+        action = "forced" if forced else "ran"
+        record["last_action"] = action
+        self.actions[stage.name] = action
+        self.state.save()
+        return record

@@ -1,0 +1,248 @@
+"""The pipeline end to end on a tiny synthetic set.
+
+The stages (real ``python -m last_lite.<command>`` subprocesses: teacher, reference, distillation,
+MaskCLR pretraining, distillation again, INT8 export) are trained ONCE, in the session fixture;
+every other test reruns the pipeline in a copy of that folder with other thresholds or published
+reference accuracies, with a stage runner that fails if any stage would run again.
+"""
+
+import contextlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_DATA, run_command
+
+pytest.importorskip("onnxruntime")
+
+REPO = Path(__file__).resolve().parents[2]
+STAGE = [*TINY_DATA, "trainer.max_epochs=1", "data.source.num_classes=4"]
+EXPORT = ["latency.repeats=3", "latency.warmup=1", "parity.samples=8", "export.calibration.samples=16"]
+NANO = "last_lite_nano"
+B, C, PRE = f"distill_{NANO}", f"distill_{NANO}_maskclr", f"pretrain_{NANO}"
+
+
+def _hydra_list(items) -> str:
+    return "[" + ",".join(f'"{i}"' for i in items) + "]"
+
+
+BASE = ["pipeline.teacher.model=last_e_v3_nano", f"~pipeline.students.{'last_lite_small'}",
+        f"stage_overrides={_hydra_list(STAGE)}", f"pipeline.export.overrides={_hydra_list(EXPORT)}",
+        "pipeline.export.baselines=[]", "pipeline.thresholds.teacher_min_val_top1=0.0"]
+
+
+def compose_cfg(run_dir: Path, *overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("pipeline", overrides=[*BASE, f"run_dir={run_dir}", *overrides])
+
+
+def pipeline(run_dir: Path, *overrides: str, runner=None) -> dict:
+    from last_lite.pipeline.__main__ import run
+
+    with contextlib.chdir(REPO):
+        return run(compose_cfg(run_dir, *overrides), runner_fn=runner)
+
+
+def forbid(argv, *args, **kwargs):
+    raise AssertionError(f"a stage ran again: {' '.join(argv)}")
+
+
+def published(top1: float) -> str:
+    return f"pipeline.reference.published.top1={top1}"
+
+
+def metrics(run_dir: Path, stage: str) -> dict:
+    return json.loads((run_dir / stage / "metrics.json").read_text())
+
+
+def state(run_dir: Path) -> dict:
+    return json.loads((run_dir / "pipeline_state.json").read_text())
+
+
+def decision(report: dict, prefix: str) -> dict:
+    return next(d for d in report["decisions"] if d["id"].startswith(prefix))
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory) -> dict:
+    """One run folder holding every stage, built by three invocations of the pipeline."""
+    run_dir = tmp_path_factory.mktemp("pipeline") / "run"
+    # 1. a published reference at 0%: Path A, Path B, Path C skipped, export
+    first = pipeline(run_dir, published(0.0))
+    # 2. a published reference at 100%: the nano student is far below it -> Path C
+    second = pipeline(run_dir, published(1.0))
+    # 3. the CLI with the default reference: EfficientGCN-B0 trained with the same recipe
+    proc = run_command("pipeline", BASE, run_dir)
+    third = json.loads((run_dir / "report.json").read_text())
+    return {"dir": run_dir, "first": first, "second": second, "third": third, "cli": proc}
+
+
+@pytest.fixture
+def copy(finished, tmp_path) -> Path:
+    target = tmp_path / "run"
+    shutil.copytree(finished["dir"], target)
+    return target
+
+
+def test_the_first_runs_walk_the_tree_and_reuse_finished_stages(finished):
+    first, second, third = finished["first"], finished["second"], finished["third"]
+    assert first["status"] == "complete"
+    assert decision(first, "gate_A")["outcome"] == "pass"
+    assert decision(first, "path_C")["outcome"] == "skip_c"
+    assert first["invocation"]["actions"] == {"teacher": "ran", B: "ran", f"export_{B}": "ran"}
+
+    assert decision(second, "path_C")["outcome"] == "run_c"
+    actions = second["invocation"]["actions"]
+    assert actions["teacher"] == actions[B] == "reused" and actions[PRE] == actions[C] == "ran"
+    chosen = decision(second, "best:")["values"]["chosen"]
+    assert chosen in (B, C) and actions[f"export_{chosen}"] == ("reused" if chosen == B else "ran")
+
+    # the trained reference: only it ran; the rule used the test top-1 of the metrics files
+    assert third["status"] == "complete" and third["reference"]["published"] is False
+    ran = {k for k, v in third["invocation"]["actions"].items() if v != "reused"}
+    assert ran == {"reference"}
+    rule = decision(third, "path_C")
+    assert rule["values"]["student_top1"] == metrics(finished["dir"], B)["top1"]
+    assert rule["values"]["reference_top1"] == metrics(finished["dir"], "reference")["top1"]
+    assert "pipeline: complete" in finished["cli"].stdout
+
+
+@pytest.mark.parametrize("case", ["stop_at_A", "skip_c_at_reference", "skip_c_within_gap",
+                                  "run_c_below_by_more_than_gap", "run_c_at_floor"])
+def test_each_branch_by_thresholds_without_retraining(finished, copy, case):
+    student = metrics(finished["dir"], B)["top1"]
+    teacher_val = metrics(finished["dir"], "teacher")["best_val_top1"]
+    overrides, expected = {
+        "stop_at_A": ([f"pipeline.thresholds.teacher_min_val_top1={teacher_val}"], "stop"),
+        "skip_c_at_reference": ([published(student)], "skip_c"),
+        "skip_c_within_gap": ([published(student + 0.02)], "skip_c"),
+        "run_c_below_by_more_than_gap": ([published(student + 0.0625)], "run_c"),
+        "run_c_at_floor": ([published(student + 0.02), f"+pipeline.thresholds.student_floor.{NANO}={student}"],
+                           "run_c"),
+    }[case]
+    report = pipeline(copy, *overrides, runner=forbid)
+    assert set(report["invocation"]["actions"].values()) == {"reused"}
+    if expected == "stop":
+        assert report["status"] == "stopped" and report["stages"][0]["stage"] == "teacher"
+        assert len(report["stages"]) == 1 and "is not above" in report["stop_reason"]
+        assert decision(report, "gate_A")["values"]["teacher_val_top1"] == teacher_val
+        return
+    rule = decision(report, "path_C")
+    assert rule["outcome"] == expected, rule["reason"]
+    assert {"skip_c_at_reference": "at or above", "skip_c_within_gap": "within 3.00 points",
+            "run_c_below_by_more_than_gap": "more than 3.00 points",
+            "run_c_at_floor": "floor"}[case] in rule["reason"]
+    assert "published" in rule["reason"] and rule["values"]["reference_published"] is True
+    stages = [s["stage"] for s in report["stages"]]
+    assert (C in stages) == (expected == "run_c")
+
+
+def test_rerun_reuses_every_stage_and_hashes_ignore_thresholds(finished, copy):
+    from last_lite.pipeline.__main__ import _hydra_context, stage_identity
+    from last_lite.pipeline.state import PipelineState, StageRunner
+    from last_lite.pipeline.tree import Tree
+
+    before = state(copy)
+    report = pipeline(copy, published(1.0), "pipeline.thresholds.max_gap_to_reference=0.5", runner=forbid)
+    after = state(copy)
+    assert set(report["invocation"]["actions"].values()) == {"reused"}
+    assert {k: v["hash"] for k, v in after["stages"].items()} == {k: v["hash"] for k, v in before["stages"].items()}
+    assert len(after["invocations"]) == len(before["invocations"]) + 1
+
+    def hashes(*overrides):
+        cfg = compose_cfg(copy, *overrides)
+        st = PipelineState(copy)
+        runner = StageRunner(st, stage_identity(copy, REPO), cwd=REPO, runner=forbid)
+        tree = Tree(cfg, st, runner)
+        with contextlib.chdir(REPO), _hydra_context():
+            return [runner.stage_hash(s)[0] for s in (tree.teacher_stage(), tree.distill_stage(NANO))]
+
+    recorded = [after["stages"]["teacher"]["hash"], after["stages"][B]["hash"]]
+    assert hashes("pipeline.thresholds.teacher_min_val_top1=0.9", published(0.5)) == recorded
+    changed = hashes(f"stage_overrides={_hydra_list([*STAGE, 'seed=1'])}")
+    assert changed[0] != recorded[0] and changed[1] != recorded[1]
+
+
+def test_report_numbers_equal_the_stages_metrics_files(finished):
+    run_dir, report = finished["dir"], finished["third"]
+    rows = {r["stage"]: r for r in report["models"]}
+    assert {"teacher", "reference", B} <= set(rows)
+    for stage, row in rows.items():
+        m = json.loads((run_dir / row["metrics_file"]).read_text())
+        assert (row["params"], row["test_top1"], row["val_top1"], row["test_top5"]) == \
+            (m["params"], m["top1"], m["best_val_top1"], m["top5"])
+        assert row["flops"] > 0
+    deployed = [r for r in report["models"] if r["deployed"]]
+    assert len(deployed) == 1 and deployed[0]["stage"] == decision(report, "best:")["values"]["chosen"]
+    ex = deployed[0]["export"]
+    rep = json.loads((run_dir / ex["report_file"]).read_text())
+    assert ex["int8"]["test_top1"] == rep["evaluation"]["models"]["int8"]["top1"]
+    assert ex["fp32"]["test_top1"] == rep["evaluation"]["models"]["fp32"]["top1"]
+    assert ex["int8"]["bytes"] == rep["files"]["int8"]["bytes"] == Path(rep["files"]["int8"]["path"]).stat().st_size
+    assert ex["int8"]["latency_p50_ms"] == rep["latency"]["int8"]["p50_ms"] and rep["latency"]["int8"]["batch"] == 1
+    assert report["reference"]["top1"] == metrics(run_dir, "reference")["top1"]
+    for name in ("training_curves", "pareto_params", "pareto_latency", f"confusion_{NANO}"):
+        assert (run_dir / report["plots"][name]).stat().st_size > 1000
+    md = (run_dir / "report.md").read_text()
+    assert f"{100 * deployed[0]['test_top1']:.2f}%" in md and f"{ex['int8']['bytes'] / 1024:.1f} KiB" in md
+    assert "Which accuracy decides" in md and "validation top-1" in report["accuracy_choice"]
+
+
+def test_force_redoes_a_stage_and_every_stage_that_consumed_it(finished, copy):
+    calls = []
+
+    def rerun(argv, log_path, cwd, on_start):  # a stand-in: the finished stage's files, a new wall time
+        stage_dir = Path(argv[-1].split("=", 1)[1])
+        calls.append(stage_dir.name)
+        shutil.copytree(finished["dir"] / stage_dir.name, stage_dir)
+        m = json.loads((stage_dir / "metrics.json").read_text())
+        m["wall_time_s"] += 1
+        (stage_dir / "metrics.json").write_text(json.dumps(m))
+        return 0
+
+    report = pipeline(copy, published(0.0), "pipeline.force=[teacher]", runner=rerun)
+    assert calls == ["teacher", B, f"export_{B}"]
+    assert report["invocation"]["actions"] == {"teacher": "forced", B: "ran", f"export_{B}": "ran"}
+    assert [p.name.split(".")[:2] for p in sorted((copy / "_aside").iterdir())] == \
+        [[B, "stale"], [f"export_{B}", "stale"], ["teacher", "forced"]]
+    assert "inputs." in " ".join(state(copy)["stages"][B]["changed"])  # why it was stale
+
+
+def test_an_interrupted_stage_restarts_cleanly(finished, copy):
+    export = f"export_{B}"
+    st = state(copy)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    st["stages"][export].update(status="running", pid=dead.pid)  # killed mid-stage
+    (copy / "pipeline_state.json").write_text(json.dumps(st))
+    (copy / export / "metrics.json").unlink()
+    (copy / export / "report.json").unlink()
+    report = pipeline(copy, published(0.0))
+    assert report["invocation"]["actions"] == {"teacher": "reused", B: "reused", export: "ran"}
+    record = state(copy)["stages"][export]
+    assert record["status"] == "done" and record["reason"] == "incomplete"
+    aside = copy / record["moved_aside"]
+    assert aside.is_dir() and not (aside / "metrics.json").exists()
+    new = json.loads((copy / export / "report.json").read_text())
+    assert new["evaluation"]["models"]["int8"]["top1"] == \
+        json.loads((finished["dir"] / export / "report.json").read_text())["evaluation"]["models"]["int8"]["top1"]
+    assert report["models"][-1]["export"]["int8"]["test_top1"] == new["evaluation"]["models"]["int8"]["top1"]
+
+
+def test_failures_are_recorded_and_an_optional_export_is_not_fatal(copy):
+    def fail(argv, log_path, cwd, on_start):
+        log_path.write_text("boom\n")
+        return 2
+
+    report = pipeline(copy, published(0.0), "pipeline.export.baselines=[teacher]", runner=fail)
+    assert report["status"] == "complete" and "optional export of the teacher failed" in report["warnings"][0]
+    report = pipeline(copy, published(0.0), f"pipeline.force=[{B}]", runner=fail)
+    assert report["status"] == "failed" and f"stage {B} failed (exit code 2)" in report["failures"][0]
+    assert state(copy)["stages"][B]["status"] == "failed"
+    assert "## Failures" in (copy / "report.md").read_text()
