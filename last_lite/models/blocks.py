@@ -224,10 +224,10 @@ class InformationBottleneck(nn.Module):
         return (-0.5 * (1 + logvar - mu.square() - logvar.exp()).sum(dim=1)).mean()
 
 
-def init_weights(module: nn.Module) -> None:
-    """Kaiming-normal (fan_out) convs, unit/zero BN, normal(0, 0.01) linears with zero bias."""
+def init_weights(module: nn.Module, linear_std: float = 0.01) -> None:
+    """Kaiming-normal (fan_out) convs, unit/zero BN, normal(0, linear_std) linears, zero biases."""
     for m in module.modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
             nn.init.kaiming_normal_(m.weight, mode="fan_out")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
@@ -235,6 +235,6 @@ def init_weights(module: nn.Module) -> None:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, 0.01)
+            nn.init.normal_(m.weight, 0.0, linear_std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from last_lite.models.blocks import init_weights
 from last_lite.models.graph import Layout, get_layout, hop_distance
 from last_lite.models.registry import register_model
 
@@ -261,21 +262,9 @@ class EfficientGCN(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Kaiming-normal (fan_out, leaky-ReLU gain with slope 0) convs with zero bias, unit/zero
-        BN, normal(0, 0.001) classifier with zero bias; edge importances start at one."""
-        for m in self.modules():
-            if isinstance(m, (nn.Conv1d, nn.Conv2d)):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="leaky_relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, std=0.001)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, GraphLayer) and m.edge is not None:
-                nn.init.ones_(m.edge)
+        """Kaiming-normal (fan_out) convs with zero bias, unit/zero BN, normal(0, 0.001) classifier;
+        edge importances start at one (set where they are made)."""
+        init_weights(self, linear_std=0.001)
 
     def fold_persons(self, x: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], int]:
         if x.dim() != 5 or x.shape[1] != self.in_channels or x.shape[3] != self.layout.num_joints:

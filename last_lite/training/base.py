@@ -21,8 +21,8 @@ from last_lite.training import schedules
 log = logging.getLogger(__name__)
 
 # Parameter names (suffixes) that never get weight decay besides biases and norm weights:
-# gate/attention alphas, learnable edges and the pooling gate.
-NO_DECAY_SUFFIXES = ("alpha", "edge_weight", "pool.gate")
+# gate/attention alphas, learnable edges (LAST: edge_weight, EfficientGCN: edge) and the pooling gate.
+NO_DECAY_SUFFIXES = ("alpha", "edge_weight", ".edge", "pool.gate")
 
 
 def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
