@@ -1,0 +1,145 @@
+"""``python -m last_lite.runtime --model model.onnx --input <rec.skeleton | rec.npy | frames.jsonl | ->``
+
+Streams a recording frame by frame through :class:`~last_lite.runtime.recognizer.ActionRecognizer`
+and prints each prediction, then the p50 / p95 latency. numpy + onnxruntime only.
+
+Inputs:
+
+- ``.skeleton``: an NTU RGB+D file; parsed and denoised (at most two actors) as the NTU
+  preprocessing does (``--no-denoise`` keeps the bodies as listed per frame);
+- ``.npy``: keypoints (T, V, C) or (M, T, V, C);
+- anything else (``.jsonl``, ``.json``...) or ``-`` (stdin): JSON lines, one frame per line,
+  ``{"persons": [[[x, y, z], ...V joints], ...persons]}`` (a bare list of persons works too;
+  ``null`` marks an absent joint or person). See docs/runtime.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Iterator, TextIO
+
+import numpy as np
+
+from last_lite.runtime.recognizer import ActionRecognizer
+
+
+def frames_from_array(keypoints: np.ndarray) -> Iterator[np.ndarray]:
+    """(M, T, V, C) or (T, V, C) -> frames (M, V, C)."""
+    x = np.asarray(keypoints, dtype=np.float32)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4:
+        raise ValueError(f"keypoints must be (T, V, C) or (M, T, V, C), got shape {x.shape}")
+    for t in range(x.shape[1]):
+        yield x[:, t]
+
+
+def read_ntu_skeleton(path: str | Path, denoise: bool = True) -> np.ndarray:
+    """An NTU ``.skeleton`` file as (M, T, 25, 3) float32, denoised like ``last_lite.prepare``."""
+    from last_lite.data import ntu
+
+    sk = ntu.read_skeleton(path)
+    if denoise:
+        res = ntu.denoise(sk)
+        if res is None:
+            return np.zeros((1, 0, 25, 3), np.float32)
+        return np.asarray(res.keypoints, dtype=np.float32)
+    body = np.asarray(sk["skel_body"], dtype=np.float32)
+    return body if body.shape[0] else np.zeros((1, body.shape[1], 25, 3), np.float32)
+
+
+def frames_from_json_lines(stream: TextIO) -> Iterator[Any]:
+    for n, line in enumerate(stream, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"line {n}: not JSON ({exc})") from None
+        yield obj
+
+
+def load_recording(source: str, denoise: bool = True) -> tuple[Iterable[Any], np.ndarray | None]:
+    """(frames, whole recording (M, T, V, C) when the input is a file of known length)."""
+    if source == "-":
+        return frames_from_json_lines(sys.stdin), None
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such input file: {path}")
+    if path.suffix == ".skeleton":
+        x = read_ntu_skeleton(path, denoise)
+        return frames_from_array(x), x
+    if path.suffix == ".npy":
+        x = np.load(path, allow_pickle=False)
+        x = x[None] if x.ndim == 3 else x
+        return frames_from_array(x), x
+    return frames_from_json_lines(path.open("r", encoding="utf-8")), None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m last_lite.runtime",
+                                description="Stream a skeleton recording through an exported model.")
+    p.add_argument("--model", required=True, help="an .onnx model written by last_lite.export")
+    p.add_argument("--input", required=True,
+                   help="a .skeleton (NTU), .npy ((T,V,C) or (M,T,V,C)) or JSON-lines file, or - (stdin)")
+    p.add_argument("--window", type=int, default=None, help="frames of history (default: clip length)")
+    p.add_argument("--stride", type=int, default=None, help="predict every N frames (default: clip/8)")
+    p.add_argument("--min-frames", type=int, default=None,
+                   help="frames needed before the first prediction (default: a full window)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument("--whole", action="store_true",
+                   help="also predict once on the whole recording (the test loader's clip)")
+    p.add_argument("--top", type=int, default=1, help="print the top-k classes")
+    p.add_argument("--json", action="store_true", help="print predictions as JSON lines")
+    p.add_argument("--no-denoise", action="store_true", help=".skeleton: keep bodies as listed")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    rec = ActionRecognizer(args.model, window=args.window, stride=args.stride,
+                           min_frames=args.min_frames, threads=args.threads)
+    info = rec.info
+    frames, whole = load_recording(args.input, denoise=not args.no_denoise)
+    if not args.json:
+        print(f"model {info.model}: {len(info.class_names)} classes, layout "
+              f"{info.layout if isinstance(info.layout, str) else 'custom'}, clip {info.clip_len}, "
+              f"window {rec.window}, stride {rec.stride}, normalisation {info.prenormalize or 'none'}")
+    count = 0
+    for pred in rec.stream(frames):
+        count += 1
+        if args.json:
+            print(json.dumps({"type": "window", **pred.as_dict(),
+                              "top": pred.top(args.top, info.class_names)}), flush=True)
+        else:
+            tops = ", ".join(f"{name} {score:.2f}" for name, score in pred.top(args.top, info.class_names))
+            print(f"frame {pred.frame_index:6d}: {pred.label:<28s} {pred.score:.3f}  "
+                  f"({pred.latency_ms:.2f} ms){'  [' + tops + ']' if args.top > 1 else ''}", flush=True)
+    summary = rec.latency_summary()
+    if args.whole and whole is not None and whole.shape[1] > 0:
+        pred = rec.predict_clip(whole)
+        if args.json:
+            print(json.dumps({"type": "whole", **pred.as_dict(), "top": pred.top(args.top, info.class_names)}))
+        else:
+            print(f"whole recording ({whole.shape[1]} frames): {pred.label} {pred.score:.3f} "
+                  f"({pred.latency_ms:.2f} ms)")
+    summary["frames"] = rec.frames_seen
+    if args.json:
+        print(json.dumps({"type": "summary", **summary}))
+    elif summary.get("predictions"):
+        print(f"{summary['frames']} frames, {summary['predictions']} predictions; latency p50 "
+              f"{summary['p50_ms']:.2f} ms, p95 {summary['p95_ms']:.2f} ms")
+    else:
+        print(f"{summary['frames']} frames, no prediction")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (ValueError, FileNotFoundError) as exc:
+        sys.exit(f"last_lite.runtime: error: {exc}")

@@ -1,0 +1,201 @@
+"""Export backends on a briefly trained synthetic model: FP32 parity, INT8 agreement, the TensorRT
+clear-error path, and the runtime agreeing with the exporter on the same clips."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF = ROOT / "conf"
+SYNTH = dict(num_classes=6, train_per_class=16, test_per_class=10)
+CLIP = 32
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"  # one thread: spinning OpenMP threads crawl on a busy machine
+    return env
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """last_lite_nano trained for a few short epochs on a small synthetic set (the real train entry)."""
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from last_lite.train import run
+
+    base = tmp_path_factory.mktemp("run")
+    out = base / "run"
+    overrides = [
+        "model=last_lite_nano", "trainer.max_epochs=8", "+trainer.enable_progress_bar=false",
+        "callbacks.rich_progress_bar=null", "callbacks.learning_rate_monitor=null",
+        "sched.warmup_epochs=0", "optim.lr=0.1", f"paths.root_dir={ROOT}",
+        f"paths.output_dir={out}", f"paths.cache_dir={base / 'cache'}",
+        f"data.clip_len={CLIP}", "data.batch_size=8",
+        *[f"data.source.{k}={v}" for k, v in SYNTH.items()],
+    ]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        record = run(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    ckpt = Path(record["checkpoint"])
+    assert ckpt.is_file()
+    return {"ckpt": ckpt, "run_dir": out, "record": record, "cache": base / "cache"}
+
+
+def _export_cfg(trained, backend: str, out_dir: Path, *extra: str):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="export", overrides=[
+            f"ckpt={trained['ckpt']}", f"export={backend}", f"out_dir={out_dir}",
+            "latency.repeats=5", "latency.warmup=1", "threads=1", *extra])
+
+
+@pytest.fixture(scope="module")
+def fp32_export(trained, tmp_path_factory):
+    """The CLI (a subprocess: the real Hydra app), default out_dir under the run folder."""
+    cwd = tmp_path_factory.mktemp("cwd")
+    proc = subprocess.run([sys.executable, "-m", "last_lite.export", f"ckpt={trained['ckpt']}",
+                           "export=onnx", "latency.repeats=5", "threads=1"], cwd=cwd, env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert list(cwd.iterdir()) == []  # Hydra left nothing in the working directory
+    out = trained["run_dir"] / "export" / "onnx"
+    return out, json.loads((out / "report.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def int8_export(trained, tmp_path_factory):
+    from last_lite.export.__main__ import run
+
+    out = tmp_path_factory.mktemp("int8")
+    record = run(_export_cfg(trained, "onnx_int8", out, "export.calibration.samples=64"))
+    return out, record
+
+
+def test_fp32_export_matches_pytorch_and_carries_metadata(trained, fp32_export):
+    import onnx
+
+    from last_lite.export.onnx import read_metadata
+
+    out, report = fp32_export
+    model = onnx.load(str(out / "model.onnx"))
+    onnx.checker.check_model(model)
+    assert model.opset_import[0].version >= 17
+    ops = {n.op_type for n in model.graph.node}
+    assert "BatchNormalization" not in ops and "MatMul" in ops
+    inp = model.graph.input[0].type.tensor_type.shape.dim
+    assert inp[0].dim_param == "batch" and [d.dim_value for d in inp[1:]] == [3, CLIP, 25, 2]
+    meta = read_metadata(model)
+    from last_lite.data.sources.synthetic import CLASS_NAMES
+
+    assert meta["class_names"] == list(CLASS_NAMES[:SYNTH["num_classes"]])
+    assert meta["clip_len"] == CLIP and meta["max_persons"] == 2 and meta["layout"] == "ntu25"
+    assert meta["normalization"]["prenormalize"] == "3d" and meta["normalization"]["mode"] == "resize"
+    assert report["schema"] == "last_lite.metrics/1" and report["command"] == "export"
+    assert report["parity"]["passed"] and report["parity"]["max_abs_diff"] <= 1e-4
+    assert report["parity"]["split"] == "test" and report["parity"]["samples"] > 0
+    assert report["export"]["batchnorm_nodes"] == 0 and report["export"]["batchnorm_folded"] > 0
+    ev = report["evaluation"]
+    assert ev["samples"] == SYNTH["num_classes"] * SYNTH["test_per_class"]
+    # the ORT FP32 top-1 on the test split equals the trainer's test top-1 (same clips, same model)
+    assert ev["models"]["fp32"]["top1"] == pytest.approx(trained["record"]["top1"], abs=0.02)
+    for name in ("report.md", "metrics.json", "predictions.json"):
+        assert (out / name).is_file()
+
+
+def test_int8_export_agrees_with_fp32(int8_export):
+    out, record = int8_export
+    ev = record["evaluation"]
+    assert ev["samples"] == SYNTH["num_classes"] * SYNTH["test_per_class"]
+    assert ev["int8_agreement"] >= 0.95
+    assert ev["top1_drop"] == pytest.approx(ev["models"]["fp32"]["top1"] - ev["models"]["int8"]["top1"])
+    q = record["quantization"]
+    assert q["format"] == "QDQ" and q["per_channel"] and q["calibration_samples"] == 64
+    assert q["int8_ops_run"].get("QLinearConv", 0) > 0          # convolutions run in INT8
+    assert q["float_ops_run"].get("MatMul", 0) > 0               # graph products stay float MatMuls
+    assert record["files"]["int8"]["bytes"] < record["files"]["fp32"]["bytes"]
+    assert record["files"]["int8"]["bytes_per_param"] < record["files"]["fp32"]["bytes_per_param"]
+    assert record["latency"]["int8"]["p50_ms"] > 0 and record["deployable"] == "int8"
+    report = json.loads((out / "report.json").read_text())
+    assert report["top1"] == ev["models"]["int8"]["top1"]
+    assert "INT8" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("method", ["Percentile"])
+def test_int8_calibration_method_is_configurable(trained, tmp_path, method):
+    from last_lite.export.__main__ import run
+
+    record = run(_export_cfg(trained, "onnx_int8", tmp_path, f"export.calibration.method={method}",
+                             "export.calibration.samples=16", "evaluate=false"))
+    assert record["quantization"]["method"] == method
+    assert (tmp_path / "model_int8.onnx").is_file()
+
+
+def test_tensorrt_without_tensorrt_or_gpu_fails_clearly_and_writes_nothing(trained, tmp_path):
+    from last_lite.export.tensorrt import TensorRTUnavailable, require_tensorrt
+
+    try:
+        require_tensorrt()
+        pytest.skip("TensorRT and a GPU are available here")
+    except TensorRTUnavailable:
+        pass
+    before = sorted(p.relative_to(trained["run_dir"]) for p in trained["run_dir"].rglob("*"))
+    proc = subprocess.run([sys.executable, "-m", "last_lite.export", f"ckpt={trained['ckpt']}",
+                           "export=tensorrt"], cwd=tmp_path, env=_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0
+    message = proc.stderr + proc.stdout
+    assert "pip install 'last_lite[tensorrt]'" in message and "NVIDIA GPU" in message
+    assert "Nothing was written" in message
+    after = sorted(p.relative_to(trained["run_dir"]) for p in trained["run_dir"].rglob("*"))
+    assert after == before and not (trained["run_dir"] / "export" / "tensorrt").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def _raw_test_samples(trained, monkeypatch):
+    """The synthetic test recordings BEFORE pre-normalisation (what a sensor would give)."""
+    from last_lite.data.sources import synthetic
+
+    monkeypatch.setattr(synthetic, "pre_normalize_3d", lambda x, layout: np.asarray(x, np.float32))
+    return [(name, x, label) for name, x, label, _, part in synthetic.SyntheticSource(**SYNTH).samples()
+            if part == "test"]
+
+
+@pytest.mark.parametrize("which", ["fp32", "int8"])
+def test_runtime_predicts_what_the_exporter_predicted(trained, fp32_export, int8_export, which,
+                                                      monkeypatch):
+    from last_lite.runtime import ActionRecognizer
+
+    out, _ = fp32_export if which == "fp32" else int8_export
+    preds = json.loads((out / "predictions.json").read_text())
+    expected = dict(zip(preds["sample_names"], preds["predictions"][which]))
+    model = out / ("model.onnx" if which == "fp32" else "model_int8.onnx")
+    rec = ActionRecognizer(model, threads=1)
+    raw = _raw_test_samples(trained, monkeypatch)
+    assert sorted(n for n, _, _ in raw) == sorted(expected)
+    for name, x, _ in raw:
+        # the whole recording: exactly the test loader's clip
+        assert rec.predict_clip(x).class_index == expected[name], name
+    # streaming with a window holding the whole recording ends on the same prediction
+    name, x, _ = max(raw, key=lambda r: r[1].shape[1])
+    stream = ActionRecognizer(model, window=x.shape[1], stride=x.shape[1], threads=1)
+    got = list(stream.stream(x[:, t] for t in range(x.shape[1])))
+    assert got and got[-1].class_index == expected[name] and got[-1].frame_index == x.shape[1] - 1
