@@ -24,7 +24,6 @@ import os
 import shutil
 import sys
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,6 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from last_lite.data.normalize import pre_normalize_3d
+from last_lite.io import atomic_write, atomic_write_text
 from last_lite.data.ntu import (
     DATASET_BENCHMARKS,
     DATASET_CLASSES,
@@ -83,19 +83,6 @@ def process_file(path: str | os.PathLike, normalize: bool = True) -> tuple[np.nd
         return None, ERROR, f"{path}: {type(exc).__name__}: {exc}"
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def process_chunk(task: tuple[str, list[str], bool]) -> dict[str, Any]:
     """Process the files of one chunk and save them as one shard (``.npz``, atomically).
 
@@ -124,7 +111,7 @@ def process_chunk(task: tuple[str, list[str], bool]) -> dict[str, Any]:
         lengths=np.asarray(lengths, dtype=np.int64),
         status=np.frombuffer(json.dumps(status).encode("utf-8"), dtype=np.uint8),
     )
-    _atomic_write_bytes(Path(shard), buf.getvalue())
+    atomic_write(Path(shard), lambda tmp: tmp.write_bytes(buf.getvalue()))
     return {"shard": shard, "counts": dict(Counter(s["status"] for s in status)), "files": len(paths)}
 
 
@@ -371,7 +358,7 @@ def run_prepare(
         "seconds_total": round(elapsed, 3),
         "workers": num_workers,
     }
-    _atomic_write_bytes(out / "prepare_summary.json", json.dumps(summary, indent=1).encode("utf-8"))
+    atomic_write_text(out / "prepare_summary.json", json.dumps(summary, indent=1))
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)
     else:  # drop stale shards of earlier, different runs

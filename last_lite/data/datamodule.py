@@ -88,6 +88,24 @@ class SkeletonDataset(Dataset):
         return out, torch.tensor(int(self.store.labels[i]), dtype=torch.int64)
 
 
+def eval_sampler(dataset: Dataset) -> Sampler | None:
+    """Under DDP, a sampler that gives each rank a disjoint share and every sample exactly once.
+
+    Lightning would otherwise put a ``DistributedSampler`` on evaluation loaders, which pads the
+    last batch with repeated samples so that the synchronised metrics count them twice. With this
+    sampler the ranks' batch counts may differ by one, which is safe for evaluation (DDP syncs
+    buffers only on the first forward without gradients) as long as every rank gets a sample.
+    """
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return None
+    if len(dataset) < dist.get_world_size():
+        return None  # some rank would get nothing; Lightning's padded sampler it is
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+    return UnrepeatedDistributedSampler(dataset, shuffle=False)
+
+
 class EpochShuffleSampler(Sampler[int]):
     """A permutation drawn from ``(seed, epoch)`` alone: a run resumed at an epoch boundary sees
     the same order as an uninterrupted one (Lightning calls ``set_epoch`` every epoch)."""
@@ -249,7 +267,7 @@ class SkeletonDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset, shuffle: bool, batch_size: int,
                 drop_last: bool = False) -> DataLoader:
-        sampler = EpochShuffleSampler(len(dataset), self.seed) if shuffle else None
+        sampler = EpochShuffleSampler(len(dataset), self.seed) if shuffle else eval_sampler(dataset)
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0)

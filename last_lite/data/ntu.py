@@ -64,7 +64,8 @@ _MAX_BODY_FRAMES = 200_000
 
 
 class SkeletonFormatError(ValueError):
-    """A ``.skeleton`` file that is truncated, malformed or not a skeleton file at all."""
+    """A ``.skeleton`` file (or another reader's sample file: NW-UCLA JSON, custom ``.npy``,
+    CTR-GCN npz) that is truncated, malformed or not a skeleton file at all."""
 
     def __init__(self, path: str | os.PathLike | None, message: str, line: int | None = None):
         self.path = str(path) if path is not None else "<bytes>"

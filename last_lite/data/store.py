@@ -35,11 +35,30 @@ import numpy as np
 
 FORMAT_VERSION = 1
 INDEX_FILES = ("offsets", "lengths", "persons", "labels")
+# Importers refuse larger labels as corrupt (default class names are built up to the largest).
+MAX_CLASSES = 100_000
 _HEADER_BYTES = 128  # reserved .npy header for frames.npy (shape written at close)
 
 
 class StoreError(RuntimeError):
     """A store directory is missing, incomplete or corrupt."""
+
+
+def map_npy(path: str | os.PathLike) -> np.ndarray:
+    """``np.load(path, mmap_mode="r", allow_pickle=False)`` of an untrusted ``.npy``, bounded in
+    memory: the header length is checked first (numpy reads a declared header length before it
+    checks it, and a corrupt one can ask for gigabytes) and the data is mapped, not read, so a
+    header declaring a huge shape costs nothing (numpy refuses a map longer than the file)."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+    if head[:6] == b"\x93NUMPY" and len(head) >= 10:
+        if head[6] == 1:
+            length = struct.unpack("<H", head[8:10])[0]
+        else:
+            length = struct.unpack("<I", head[8:12].ljust(4, b"\0"))[0]
+        if length > 1 << 16 or length > os.path.getsize(path):
+            raise ValueError(f"{path}: .npy header length {length} is corrupt")
+    return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
 def _index_checksum(offsets: np.ndarray, lengths: np.ndarray, persons: np.ndarray,
@@ -267,11 +286,26 @@ class SkeletonStore:
         if not meta_path.is_file():
             raise StoreError(f"no skeleton store at {self.root} (meta.json missing)")
         try:
+            self._open(meta_path)
+        except StoreError:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError,
+                RecursionError) as err:  # malformed metadata of the right JSON syntax
+            raise StoreError(f"corrupt skeleton store at {self.root}: {type(err).__name__}: "
+                             f"{str(err)[:200]}") from err
+
+    def _open(self, meta_path: Path) -> None:
+        try:
             with open(meta_path, encoding="utf-8") as f:
                 self.meta: dict = json.load(f)
-            arrays = {k: np.load(self.root / f"{k}.npy", allow_pickle=False) for k in INDEX_FILES}
-        except (OSError, ValueError) as err:
-            raise StoreError(f"corrupt skeleton store at {self.root}: {err}") from err
+            # mapped first: a corrupt header declaring a huge shape must not allocate it
+            arrays = {k: map_npy(self.root / f"{k}.npy") for k in INDEX_FILES}
+        except MemoryError:
+            raise
+        except Exception as err:  # numpy and json raise many types for a damaged file
+            raise StoreError(f"corrupt skeleton store at {self.root}: {type(err).__name__}: {err}") from err
+        if not isinstance(self.meta, dict):
+            raise StoreError(f"corrupt skeleton store at {self.root}: meta.json is not an object")
         if self.meta.get("format_version") != FORMAT_VERSION:
             raise StoreError(f"skeleton store at {self.root} has format version "
                              f"{self.meta.get('format_version')}, expected {FORMAT_VERSION}")
@@ -281,7 +315,7 @@ class SkeletonStore:
         self.labels = arrays["labels"].astype(np.int64)
         self.names: list[str] = list(self.meta.get("names", []))
         n = len(self.names)
-        if not all(len(a) == n for a in arrays.values()):
+        if not all(a.ndim == 1 and len(a) == n for a in arrays.values()):
             raise StoreError(f"corrupt skeleton store at {self.root}: index arrays and names disagree")
         checksum = _index_checksum(self.offsets, self.lengths, self.persons, self.labels, self.names)
         if checksum != self.meta.get("index_sha256"):
@@ -289,17 +323,33 @@ class SkeletonStore:
         self.index_checksum: str = checksum
         rows = int(self.meta.get("num_rows", -1))
         expected = int((self.persons * self.lengths).sum())
-        if rows != expected or (n and int(self.offsets[-1] + self.persons[-1] * self.lengths[-1]) != rows):
+        sizes = self.persons * self.lengths
+        if (rows != expected or (self.persons < 1).any() or (self.lengths < 1).any()
+                or not np.array_equal(self.offsets, np.cumsum(sizes) - sizes)):
             raise StoreError(f"corrupt skeleton store at {self.root}: offsets do not add up")
         try:  # header check only (cheap): shape and dtype
-            frames = np.load(self.root / "frames.npy", mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise StoreError(f"corrupt skeleton store at {self.root}: frames.npy: {err}") from err
+            frames = map_npy(self.root / "frames.npy")
+        except MemoryError:
+            raise
+        except Exception as err:  # numpy raises many types for a damaged header
+            raise StoreError(f"corrupt skeleton store at {self.root}: frames.npy: "
+                             f"{type(err).__name__}: {err}") from err
         want = (rows, int(self.meta["num_joints"]), int(self.meta["channels"]))
         if frames.shape != want or frames.dtype != np.float32:
             raise StoreError(f"corrupt skeleton store at {self.root}: frames.npy is "
                              f"{frames.shape} {frames.dtype}, expected {want} float32")
         del frames
+        # what the loaders read later: malformed values fail here, naming the store
+        if not 1 <= self.coord_dims <= self.channels:
+            raise StoreError(f"corrupt skeleton store at {self.root}: coord_dims {self.coord_dims}")
+        if not isinstance(self.layout, (str, dict)) or not isinstance(self.source, str):
+            raise StoreError(f"corrupt skeleton store at {self.root}: layout or source")
+        if not all(isinstance(c, str) for c in self.class_names):
+            raise StoreError(f"corrupt skeleton store at {self.root}: class_names")
+        parts = [idx for split in self.splits.values() for idx in split.values()]
+        for idx in parts + [self.nonfinite]:
+            if not all(isinstance(i, int) and 0 <= i < n for i in idx):
+                raise StoreError(f"corrupt skeleton store at {self.root}: sample indices out of range")
         self._frames = None
         self._pid = None
 

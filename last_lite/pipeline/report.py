@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
-from last_lite.io import atomic_write_json, atomic_write_text
+from last_lite.io import atomic_write, atomic_write_json, atomic_write_text
 from last_lite.pipeline import plots
 from last_lite.pipeline.state import PipelineState, StageRunner
 from last_lite.pipeline.tree import ACCURACY_CHOICE, pct
@@ -194,8 +194,7 @@ def make_plots(state: PipelineState, report: dict[str, Any]) -> dict[str, str]:
             src = state.stage_dir(row["stage"]) / "confusion_matrix.png"
             if src.is_file():
                 dst = out_dir / f"confusion_{row['model']}.png"
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, dst)
+                atomic_write(dst, lambda tmp, src=src: shutil.copyfile(src, tmp))
                 made[f"confusion_{row['model']}"] = str(dst.relative_to(state.run_dir))
     if report["models"]:
         points = [{"label": r["label"], "params": r["params"], "top1": r["test_top1"]} for r in report["models"]]

@@ -4,14 +4,36 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from last_lite.io import atomic_write
 
 log = logging.getLogger(__name__)
 
 # Parameter-name prefixes of classifier heads, re-initialised when the class count differs.
 HEAD_PREFIXES = ("classifier.", "fc.", "head.")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made atomic on every local filesystem.
+
+    Lightning's own save (``_atomic_save``: an fsspec transaction) writes the file in the system
+    temp folder and then ``shutil.move``s it, which is a copy -- not atomic -- whenever TMPDIR is
+    on another filesystem than the checkpoints (node-local /tmp, shared run folder). Here the file
+    is written beside its target, fsynced and renamed (``last_lite.io.atomic_write``); a kill
+    leaves either the old file or the new one. Remote URLs (``s3://``...) keep Lightning's way.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any = None) -> None:
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        if storage_options is not None:
+            raise TypeError(f"storage_options are not supported by {type(self).__name__}")
+        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
 def load_checkpoint(path: str | Path) -> dict:

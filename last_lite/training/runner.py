@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
@@ -21,7 +23,7 @@ from rich.table import Table
 from last_lite.io import atomic_write_text
 from last_lite.models.profile import count_parameters
 from last_lite.training.base import PhaseModule
-from last_lite.training.checkpoints import init_from
+from last_lite.training.checkpoints import AtomicCheckpointIO, init_from
 from last_lite.training.plots import save_confusion_matrix
 from last_lite.training.records import metrics_record, write_metrics
 
@@ -54,17 +56,51 @@ def data_spec_for(datamodule) -> dict:
             "dataset": dataset_name(), "max_persons": int(datamodule.max_persons)}
 
 
+def build_callbacks(cfg: DictConfig) -> list:
+    """The configured callbacks, with two repairs to a ModelCheckpoint that resumption relies on.
+
+    - ``save_last`` with a ``monitor``: Lightning 2.6 rewrites ``last.ckpt`` only at epochs where
+      the monitored metric improved, so a separate unmonitored ModelCheckpoint writes
+      ``last.ckpt`` at every epoch end (the file to resume from).
+    - ``every_n_train_steps``: Lightning would stop the epoch-end checkpoints; they stay, and a
+      separate ModelCheckpoint writes ``step.ckpt`` every N training steps.
+    """
+    callbacks = []
+    for c in (cfg.get("callbacks") or {}).values():
+        if c is None:
+            continue
+        if not str(c.get("_target_", "")).endswith("ModelCheckpoint"):
+            callbacks.append(instantiate(c))
+            continue
+        kwargs = OmegaConf.to_container(c, resolve=True)
+        steps = kwargs.pop("every_n_train_steps", None)
+        separate_last = bool(kwargs.get("monitor")) and kwargs.get("save_last") is True
+        if separate_last:
+            kwargs["save_last"] = False
+        callbacks.append(instantiate(kwargs))
+        extra = {"dirpath": kwargs.get("dirpath"), "monitor": None, "save_top_k": 1,
+                 "enable_version_counter": False}
+        if separate_last:
+            callbacks.append(ModelCheckpoint(filename="last", **extra))
+        if steps:
+            callbacks.append(ModelCheckpoint(filename="step", every_n_train_steps=int(steps), **extra))
+    return callbacks
+
+
 def build_trainer(cfg: DictConfig) -> L.Trainer:
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=loggers or False,
+                       plugins=[AtomicCheckpointIO()])
 
 
 def best_checkpoint(trainer: L.Trainer) -> str | None:
     callback = trainer.checkpoint_callback
     if callback is None:
         return None
-    return callback.best_model_path or callback.last_model_path or None
+    # without a monitored score (no validation), the last.ckpt that build_callbacks' writer keeps
+    last = [c.best_model_path for c in trainer.checkpoint_callbacks
+            if Path(c.best_model_path).name == "last.ckpt"]
+    return callback.best_model_path or callback.last_model_path or next(iter(last), None)
 
 
 def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str, model_key: str = "model") -> dict:
@@ -75,8 +111,15 @@ def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str, model_
     started = time.time()
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if cfg.get("threads"):
+        # On a shared or busy machine one intra-op thread per run is often several times faster:
+        # OpenMP threads that wait for a busy core stall every kernel.
+        torch.set_num_threads(int(cfg.threads))
     L.seed_everything(cfg.seed, workers=True)
+    # Built first: under DDP every rank runs this function, and only global rank zero writes files.
+    trainer = build_trainer(cfg)
+    if trainer.is_global_zero:
+        atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
@@ -85,7 +128,6 @@ def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str, model_
     if cfg.get("init_from"):
         init_from(module.model, cfg.init_from)
 
-    trainer = build_trainer(cfg)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     if trainer.interrupted:
         raise SystemExit("training was interrupted; resume with ckpt_path=<output>/checkpoints/last.ckpt")
@@ -102,10 +144,12 @@ def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str, model_
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True,
                                verbose=False)[0]
         top1, top5 = results.get("test/top1"), results.get("test/top5")
-        details = module.test_results()
+        details = module.test_results()  # on every rank: torchmetrics gathers across ranks
         per_class = details["per_class_accuracy"]
-        save_confusion_matrix(output_dir / "confusion_matrix.png", details["confusion_matrix"],
-                              datamodule.class_names, title=f"{cfg[model_key].name}: test top-1 {top1:.2%}")
+        if trainer.is_global_zero:
+            save_confusion_matrix(output_dir / "confusion_matrix.png", details["confusion_matrix"],
+                                  datamodule.class_names,
+                                  title=f"{cfg[model_key].name}: test top-1 {top1:.2%}")
         record_extra["confusion_matrix"] = details["confusion_matrix"]
 
     record = metrics_record(
@@ -114,8 +158,9 @@ def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str, model_
         params=count_parameters(module.model), epochs=trainer.current_epoch, seed=cfg.seed,
         wall_time_s=time.time() - started, data_index_sha256=getattr(datamodule, "index_checksum", None),
         **record_extra)
-    write_metrics(output_dir / "metrics.json", record)
-    print_summary(record, output_dir)
+    if trainer.is_global_zero:
+        write_metrics(output_dir / "metrics.json", record)
+        print_summary(record, output_dir)
     return record
 
 

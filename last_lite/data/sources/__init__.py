@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from importlib import import_module
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from last_lite.data.store import SkeletonStore, open_store_if_valid
 
@@ -24,6 +25,32 @@ _SOURCES = {
     "ctrgcn": ("ctrgcn", "CTRGCNSource"),
     "ntu": ("ntu", "NTUSource"),
 }
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path``, removed again on release (no lock where fcntl
+    is missing, e.g. Windows). A waiter that wakes up on a lock file already removed retries."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the holder removed (or replaced) this file: take the new one
+    try:
+        yield
+    finally:
+        os.unlink(lock_path)
+        os.close(fd)
 
 
 class Source:
@@ -49,8 +76,14 @@ class Source:
         store = open_store_if_valid(out, source=key)
         if store is not None:
             return store
-        self.write(out, key)
-        return SkeletonStore(out)
+        # Processes started together (DDP ranks under torchrun or srun) build the store once:
+        # the first takes the lock and writes, the others wait and then open its result.
+        with _exclusive(Path(cache_dir) / f".{key}.lock"):
+            store = open_store_if_valid(out, source=key)
+            if store is None:
+                self.write(out, key)
+                store = SkeletonStore(out)
+        return store
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params()})"

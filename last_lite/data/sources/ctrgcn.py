@@ -11,18 +11,27 @@ The store gets split ``benchmark`` (e.g. ``xsub``) with parts ``train`` and ``te
 from __future__ import annotations
 
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from last_lite.data.normalize import pre_normalize_3d
+from last_lite.data.ntu import SkeletonFormatError
 from last_lite.data.sources import Source
-from last_lite.data.store import StoreWriter
+from last_lite.data.store import MAX_CLASSES, StoreWriter
 
 
 def iter_npz_rows(path: str | Path, key: str, chunk: int = 256) -> Iterator[np.ndarray]:
     """Yield blocks of up to ``chunk`` rows of array ``key`` of an npz without loading it whole."""
+    try:
+        yield from _npz_rows(path, key, chunk)
+    except OSError as exc:  # e.g. a corrupt member offset: a seek before the file's start
+        raise ValueError(f"{path}:{key}: cannot read ({exc})") from exc
+
+
+def _npz_rows(path: str | Path, key: str, chunk: int) -> Iterator[np.ndarray]:
     with zipfile.ZipFile(path) as zf:
         member = f"{key}.npy"
         if member not in zf.namelist():
@@ -35,6 +44,12 @@ def iter_npz_rows(path: str | Path, key: str, chunk: int = 256) -> Iterator[np.n
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
             if dtype.hasobject:
                 raise ValueError(f"{path}:{key} holds Python objects; refusing (allow_pickle=False)")
+            if not shape:
+                raise ValueError(f"{path}:{key} is a scalar, expected rows")
+            declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if declared > zf.getinfo(member).file_size - f.tell():
+                raise ValueError(f"{path}:{key} declares shape {shape} but holds fewer bytes "
+                                 "(truncated or corrupt)")
             if fortran:
                 arr = np.load(path, allow_pickle=False)[key]
                 for s in range(0, len(arr), chunk):
@@ -81,10 +96,24 @@ class CTRGCNSource(Source):
                 "class_names": self.class_names}
 
     def write(self, out_dir: Path, key: str) -> None:
-        with np.load(self.path, allow_pickle=False) as npz:
-            ys = {part: np.asarray(npz[f"y_{part}"]) for part in ("train", "test")}
-        ys = {p: (y.argmax(1) if y.ndim == 2 else y.astype(np.int64)) for p, y in ys.items()}
+        try:
+            self._write(out_dir, key)
+        except SkeletonFormatError:
+            raise
+        except (ValueError, KeyError, IndexError, TypeError, EOFError, OverflowError,
+                NotImplementedError, zipfile.BadZipFile, zlib.error) as exc:
+            raise SkeletonFormatError(self.path, f"not a readable CTR-GCN npz ({type(exc).__name__}: "
+                                                 f"{str(exc)[:200]})") from None
+
+    def _write(self, out_dir: Path, key: str) -> None:
+        ys = {}
+        for part in ("train", "test"):  # streamed like x: a corrupt header cannot ask for memory
+            blocks = list(iter_npz_rows(self.path, f"y_{part}", self.chunk))
+            y = np.concatenate(blocks) if blocks else np.zeros(0)
+            ys[part] = y.argmax(1) if y.ndim == 2 else y.astype(np.int64)
         n_cls = int(max(y.max() for y in ys.values())) + 1
+        if not 0 < n_cls <= MAX_CLASSES:
+            raise ValueError(f"labels must lie in 0..{MAX_CLASSES - 1}, got a largest of {n_cls - 1}")
         class_names = self.class_names or [str(i) for i in range(n_cls)]
         with StoreWriter(out_dir, "ntu25", 3, class_names=class_names, source=key) as w:
             for part in ("train", "test"):

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from last_lite.data.normalize import normalize_2d, pre_normalize_3d
+from last_lite.data.ntu import SkeletonFormatError
 from last_lite.data.sources import Source
-from last_lite.data.store import StoreWriter
+from last_lite.data.store import MAX_CLASSES, StoreWriter, map_npy
 from last_lite.models.graph import get_layout
 
 
@@ -54,6 +55,25 @@ def resolve_normalize(mode: str, coord_dims: int) -> str:
     return mode
 
 
+def load_array(path: Path) -> np.ndarray:
+    """One sample file as float32: a plain numeric ``.npy`` (no pickle). It is memory-mapped
+    first, so a header declaring a huge shape costs nothing; SkeletonFormatError otherwise."""
+    try:
+        x = map_npy(path)
+        if not isinstance(x, np.ndarray):
+            raise ValueError("not a single .npy array (an .npz archive?)")
+        if x.dtype.kind not in "fiu":
+            raise ValueError(f"expected a numeric array, got dtype {x.dtype}")
+        return np.array(x, dtype=np.float32)
+    except OSError as exc:
+        raise SkeletonFormatError(path, f"cannot read file: {exc.strerror or exc}") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # numpy raises many types for a damaged file (ValueError, EOFError, ...)
+        raise SkeletonFormatError(path, f"not a readable .npy array ({type(exc).__name__}: "
+                                        f"{str(exc)[:200]})") from None
+
+
 class CustomSource(Source):
     name = "custom"
     version = 1
@@ -73,13 +93,22 @@ class CustomSource(Source):
     def rows(self) -> list[dict[str, str]]:
         if not self.csv_path.is_file():
             raise FileNotFoundError(f"custom data: CSV not found: {self.csv_path}")
-        with open(self.csv_path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            missing = {"name", "label", "split"} - set(reader.fieldnames or [])
-            if missing:
-                raise ValueError(f"{self.csv_path}: missing columns {sorted(missing)} "
-                                 f"(need name,label,split)")
-            return [{k: (v or "").strip() for k, v in row.items()} for row in reader]
+        try:
+            with open(self.csv_path, newline="", encoding="utf-8-sig") as f:
+                reader = csv.DictReader(f)
+                missing = {"name", "label", "split"} - set(reader.fieldnames or [])
+                if missing:
+                    raise ValueError(f"{self.csv_path}: missing columns {sorted(missing)} "
+                                     f"(need name,label,split)")
+                rows = []
+                for row in reader:
+                    if None in row:  # DictReader files surplus fields under the key None
+                        raise SkeletonFormatError(self.csv_path, "more fields than the header",
+                                                  reader.line_num)
+                    rows.append({k: (v or "").strip() for k, v in row.items()})
+                return rows
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise SkeletonFormatError(self.csv_path, f"not a readable CSV ({exc})") from None
 
     def _file(self, name: str) -> Path:
         path = self.root / name
@@ -109,6 +138,10 @@ class CustomSource(Source):
 
         given = [s for s in raw if s not in ("", "-1")]
         if all(is_int(s) for s in given):
+            bad = [s for s in given if not 0 <= int(s) < MAX_CLASSES]
+            if bad:
+                raise SkeletonFormatError(self.csv_path, f"labels {bad[:5]} outside 0..{MAX_CLASSES - 1} "
+                                                         "(-1 or empty: unlabelled)")
             return [int(s) if s else -1 for s in raw], self.class_names
         names = self.class_names or sorted(set(given))
         lookup = {n: i for i, n in enumerate(names)}
@@ -127,13 +160,12 @@ class CustomSource(Source):
         try:
             for row, label in zip(rows, labels):
                 path = self._file(row["name"])
-                x = np.load(path, allow_pickle=False)
+                x = load_array(path)
                 if x.ndim == 3:
                     x = x[None]
-                if x.ndim != 4 or x.shape[2] != self.num_joints:
+                if x.ndim != 4 or x.shape[2] != self.num_joints or 0 in x.shape:
                     raise ValueError(f"{path}: expected (T, {self.num_joints}, C) or "
-                                     f"(M, T, {self.num_joints}, C), got {x.shape}")
-                x = x.astype(np.float32)
+                                     f"(M, T, {self.num_joints}, C) with T, M, C > 0, got {x.shape}")
                 if writer is None:
                     channels = x.shape[-1]
                     cd = self.coord_dims or min(channels, 3)

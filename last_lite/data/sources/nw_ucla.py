@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from last_lite.data.normalize import pre_normalize_3d
+from last_lite.data.ntu import SkeletonFormatError
 from last_lite.data.sources import Source
 from last_lite.data.store import StoreWriter
 
@@ -36,15 +37,24 @@ def parse_name(stem: str) -> dict[str, int]:
 
 
 def read_sample(path: str | Path) -> tuple[np.ndarray, int]:
-    """One JSON file -> ((1, T, 20, 3) float32 raw skeleton, label 0..9)."""
-    with open(path, encoding="utf-8") as f:
-        doc = json.load(f)
-    skel = np.asarray(doc["skeletons"], dtype=np.float32)
+    """One JSON file -> ((1, T, 20, 3) float32 raw skeleton, label 0..9).
+
+    Raises SkeletonFormatError (a ValueError naming the file) for anything malformed.
+    """
+    try:
+        with open(path, "rb") as f:
+            doc = json.loads(f.read().decode("utf-8"))
+        skel = np.asarray(doc["skeletons"], dtype=np.float32)
+        label = int(doc["label"]) - 1
+    except OSError as exc:
+        raise SkeletonFormatError(path, f"cannot read file: {exc.strerror or exc}") from None
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError) as exc:
+        raise SkeletonFormatError(path, f"not an NW-UCLA skeleton file "
+                                        f"({type(exc).__name__}: {str(exc)[:200]})") from None
     if skel.ndim == 2:  # a single frame stored without its frame axis
         skel = skel[None]
     if skel.ndim != 3 or skel.shape[1:] != (20, 3):
         raise ValueError(f"{path}: skeletons must be [T][20][3], got shape {skel.shape}")
-    label = int(doc["label"]) - 1
     if not 0 <= label < len(CLASS_NAMES):
         raise ValueError(f"{path}: label {doc['label']} outside 1..{len(CLASS_NAMES)}")
     return skel[None], label

@@ -1,0 +1,162 @@
+"""Loading runs no foreign code: checkpoints with ``weights_only=True``, encoders as safetensors,
+no pickle opened unless the user says it is trusted; a wrong config fails before any work."""
+
+from __future__ import annotations
+
+import pickle
+import re
+import subprocess
+import sys
+
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from reliability_support import REPO, env_for_subprocess
+
+from last_lite.data.sources import get_source
+from last_lite.data.sources.pyskl import PYSKLSource, UntrustedPickleError
+from last_lite.models import create_model
+from last_lite.training.checkpoints import init_from, load_checkpoint, load_model_weights
+
+
+class Planted:
+    """Unpickling this object opens (creates) the marker file: proof that the pickle's code ran."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_holding_a_pickled_object_is_refused_and_its_code_never_runs(tmp_path):
+    marker, ckpt = tmp_path / "code-ran", tmp_path / "evil.ckpt"
+    model = create_model("last_lite_nano", num_classes=4)
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "hyper_parameters": {"model_spec": Planted(marker)}}, ckpt)
+    torch.load(ckpt, weights_only=False)  # positive control: a plain load runs the planted code
+    assert marker.exists()
+    marker.unlink()
+
+    with pytest.raises(ValueError, match="weights-only"):
+        load_checkpoint(ckpt)
+    with pytest.raises(ValueError, match="weights-only"):
+        load_model_weights(ckpt)
+    with pytest.raises(ValueError, match="weights-only"):
+        init_from(model, ckpt)
+    from last_lite.evaluate import load_for_evaluation
+
+    with pytest.raises(ValueError, match="weights-only"):
+        load_for_evaluation(str(ckpt))
+    # Lightning's resume path, as run_phase calls it (ckpt_path=..., weights_only=True)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 2)), batch_size=2)
+    with pytest.raises(Exception, match="(?i)weights_only|unpickl"):
+        trainer.fit(_Tiny(), train_dataloaders=data, ckpt_path=ckpt, weights_only=True)
+    assert not marker.exists()
+
+
+class _Tiny(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_a_pyskl_pickle_runs_no_code_unless_the_user_says_it_is_trusted(tmp_path):
+    marker, path = tmp_path / "code-ran", tmp_path / "ntu60_3danno.pkl"
+    with open(path, "wb") as fh:
+        pickle.dump({"split": {}, "annotations": [], "planted": Planted(marker)}, fh)
+    with pytest.raises(UntrustedPickleError, match="trusted=True"):
+        PYSKLSource(path)
+    with pytest.raises(UntrustedPickleError):
+        get_source("pyskl", path=path)
+    cfg = OmegaConf.create({"_target_": "last_lite.data.sources.pyskl.PYSKLSource", "path": str(path)})
+    with pytest.raises(Exception, match="trusted=True"):  # Hydra wraps it in InstantiationException
+        instantiate(cfg)
+    assert not marker.exists()
+    with pytest.raises(ValueError, match="no annotations"):  # trusted: the user's call; code runs
+        PYSKLSource(path, trusted=True).write(tmp_path / "store", "k")
+    assert marker.exists()
+
+
+def _calls(text: str, pattern: str) -> list[str]:
+    """The full text of every call whose start matches ``pattern`` (ending in "("), parentheses matched."""
+    out = []
+    for m in re.finditer(pattern, text):
+        depth, i = 1, m.end()
+        while depth and i < len(text):
+            depth += {"(": 1, ")": -1}.get(text[i], 0)
+            i += 1
+        out.append(text[m.start():i])
+    return out
+
+
+def test_no_other_loader_in_the_package_can_unpickle():
+    """torch.load and Lightning's ckpt_path always with weights_only=True; pickle only in PYSKL."""
+    checked = 0
+    for path in sorted((REPO / "last_lite").rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        text = path.read_text(encoding="utf-8")
+        assert "allow_pickle=True" not in text and "weights_only=False" not in text, rel
+        for call in _calls(text, r"torch\.load\("):
+            assert "weights_only=True" in call, f"{rel}: {call}"
+            checked += 1
+        for call in _calls(text, r"\.(?:fit|test|validate|predict)\("):
+            if "ckpt_path=" in call:
+                assert "weights_only=True" in call, f"{rel}: {call}"
+                checked += 1
+        if re.search(r"\b(pickle|cloudpickle|dill|joblib)\.loads?\(", text):
+            assert rel == "last_lite/data/sources/pyskl.py", rel
+    assert checked >= 3  # checkpoints.load_checkpoint, runner's fit and test
+
+
+def test_encoders_are_written_as_safetensors_and_read_without_pickle(tmp_path):
+    from safetensors import safe_open
+
+    from last_lite.training.maskclr import save_encoder
+
+    model = create_model("last_lite_nano", num_classes=4)
+    path = save_encoder(model, tmp_path / "encoder.safetensors", metadata={"model": "last_lite_nano"})
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata()["model"] == "last_lite_nano"
+    weights = load_model_weights(path)
+    student = create_model("last_lite_nano", num_classes=7)
+    report = init_from(student, path)
+    assert weights and report["loaded"] and all(not n.startswith("classifier") for n in report["loaded"])
+
+
+# ------------------------------------------------------------------------------------------------
+# configuration errors: Hydra's message, before any work
+
+def test_a_wrong_group_option_fails_before_any_work_with_hydras_message(tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "last_lite.train", "model=nope", f"hydra.run.dir={run_dir}"]
+    result = subprocess.run(cmd, cwd=REPO, env=env_for_subprocess(), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0
+    assert "Could not find 'model/nope'" in result.stderr
+    assert "Available options in 'model'" in result.stderr and "last_lite_small" in result.stderr
+    assert not run_dir.exists()  # no folder, no config.yaml, no data cache, no checkpoint
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.source.train_per_clas=8", "train_per_clas"),   # a typo inside a group's config
+    ("max_epochs=3", "max_epochs"),                        # a key at the wrong level
+    ("trainer=ddp_gpu", "Could not find 'trainer/ddp_gpu'"),
+])
+def test_unknown_keys_and_options_are_refused_at_composition(override, message):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        with pytest.raises((ConfigCompositionException, MissingConfigException), match=re.escape(message)):
+            compose(config_name="train", overrides=[override])
