@@ -178,6 +178,7 @@ def print_summary(record: dict, output_dir: Path) -> None:
     table.add_row("wall time", f"{record['wall_time_s']:.0f} s")
     console = Console()
     console.print(table)
-    files = ["metrics.json", "checkpoints/"] + (["confusion_matrix.png"] if record.get("top1") is not None else [])
+    files = ["metrics.json"] + (["checkpoints/"] if (output_dir / "checkpoints").is_dir() else []) \
+        + (["confusion_matrix.png"] if (output_dir / "confusion_matrix.png").is_file() else [])
     console.print(f"outputs: {output_dir} ({', '.join(files)})")
 
