@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -31,6 +32,17 @@ def run_command(module: str, overrides: list[str], run_dir: Path, check: bool = 
 
 def read_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """Tiny tensors: one intra-op thread (here and in the commands run) avoids thread-sync stalls
+    on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -23,17 +23,6 @@ HEAD = {"norm.weight", "norm.bias", "norm.running_mean", "norm.running_var",
         "norm.num_batches_tracked", "classifier.weight", "classifier.bias"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """Tiny tensors: one intra-op thread (here and in the commands run) avoids thread-sync stalls
-    on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_reconstruction_loss_ignores_unmasked_entries():
     torch.manual_seed(0)
     pred, target = torch.randn(2, 3, 6, 5, 2), torch.randn(2, 3, 6, 5, 2)

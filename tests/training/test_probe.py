@@ -9,17 +9,6 @@ from last_lite.training.linear_probe import extract_features, fit_linear_probe, 
 from last_lite.training.maskclr import save_encoder
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """Tiny tensors: one intra-op thread (here and in the commands run) avoids thread-sync stalls
-    on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_the_probe_separates_separable_features_whatever_their_scale():
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(3).repeat_interleave(40)
