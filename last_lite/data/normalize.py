@@ -63,6 +63,11 @@ def _present_frames(person: np.ndarray) -> np.ndarray:
     return np.flatnonzero((np.abs(person.reshape(t, -1)) > 1e-8).any(axis=1))
 
 
+def _rotate_onto(xyz: np.ndarray, vec: np.ndarray, target) -> np.ndarray:
+    """Rotate every point so that ``vec`` points along ``target`` (PYSKL's construction)."""
+    return xyz @ rotation_matrix(np.cross(vec, target), angle_between(vec, target)).T
+
+
 def pre_normalize_3d(keypoints: np.ndarray, layout: "str | Layout | Mapping",
                      align_center: bool = True, align_spine: bool = True) -> np.ndarray:
     """PYSKL ``PreNormalize3D`` on one sample (M, T, V, C) -> (M, T', V, C) float32.
@@ -107,18 +112,12 @@ def pre_normalize_3d(keypoints: np.ndarray, layout: "str | Layout | Mapping",
 
     if align_spine and c >= 3:
         xyz = x[..., :3]
-        if lay.norm_zaxis is not None:
+        if lay.norm_zaxis is not None:  # spine (bottom -> top) to +z
             bottom, top = lay.norm_zaxis
-            vec = xyz[0, 0, top] - xyz[0, 0, bottom]
-            axis = np.cross(vec, [0, 0, 1])
-            angle = angle_between(vec, [0, 0, 1])
-            xyz = xyz @ rotation_matrix(axis, angle).T
-        if lay.norm_xaxis is not None:
+            xyz = _rotate_onto(xyz, xyz[0, 0, top] - xyz[0, 0, bottom], [0, 0, 1])
+        if lay.norm_xaxis is not None:  # shoulders (left -> right) to +x
             right, left = lay.norm_xaxis
-            vec = xyz[0, 0, right] - xyz[0, 0, left]
-            axis = np.cross(vec, [1, 0, 0])
-            angle = angle_between(vec, [1, 0, 0])
-            xyz = xyz @ rotation_matrix(axis, angle).T
+            xyz = _rotate_onto(xyz, xyz[0, 0, right] - xyz[0, 0, left], [1, 0, 0])
         x = np.concatenate([xyz, x[..., 3:]], axis=-1) if c > 3 else xyz
     return x.astype(np.float32)
 

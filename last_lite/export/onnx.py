@@ -112,14 +112,7 @@ def _fold_spatial_gcn(module) -> int:
     input the scale would change."""
     if getattr(module, "subset_att", None) is not None or not isinstance(module.bn, nn.BatchNorm2d):
         return 0
-    k, c = module.num_subsets, module.out_channels
-    scale, shift = bn_affine(module.bn)
-    with torch.no_grad():
-        w = module.conv.weight.double().view(k, c, -1) * scale.view(1, c, 1)
-        module.conv.weight.copy_(w.view_as(module.conv.weight).float())
-        if module.conv.bias is not None:
-            module.conv.bias.copy_((module.conv.bias.double().view(k, c) * scale).view(-1).float())
-    module.bn = ChannelBias(shift.float())
+    module.bn = _scale_subset_conv(module.conv, module.bn, module.num_subsets, module.out_channels)
     return 1
 
 
@@ -127,15 +120,20 @@ def _fold_graph_layer(module) -> int:
     """EfficientGCN's GraphLayer: project (K*C, bias) -> matmul + sum over K -> BN(C)."""
     if not isinstance(module.bn, nn.BatchNorm2d):
         return 0
-    k, c = module.subsets, module.cout
-    scale, shift = bn_affine(module.bn)
-    with torch.no_grad():
-        w = module.project.weight.double().view(k, c, -1) * scale.view(1, c, 1)
-        module.project.weight.copy_(w.view_as(module.project.weight).float())
-        if module.project.bias is not None:
-            module.project.bias.copy_((module.project.bias.double().view(k, c) * scale).view(-1).float())
-    module.bn = ChannelBias(shift.float())
+    module.bn = _scale_subset_conv(module.project, module.bn, module.subsets, module.cout)
     return 1
+
+
+def _scale_subset_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d, k: int, c: int) -> nn.Module:
+    """Fold BN's scale into a (K*C)-output conv whose subsets are summed after the joint matmul;
+    return the bias that replaces the BN (its shift)."""
+    scale, shift = bn_affine(bn)
+    with torch.no_grad():
+        w = conv.weight.double().view(k, c, -1) * scale.view(1, c, 1)
+        conv.weight.copy_(w.view_as(conv.weight).float())
+        if conv.bias is not None:
+            conv.bias.copy_((conv.bias.double().view(k, c) * scale).view(-1).float())
+    return ChannelBias(shift.float())
 
 
 def _fold_head(model) -> int:
