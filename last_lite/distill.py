@@ -15,9 +15,11 @@ from last_lite.training.runner import data_spec_for, model_spec_for, run_phase
 
 def run(cfg: DictConfig) -> dict:
     def build(student_spec: dict, datamodule) -> DistillModule:
-        teacher_cfg = OmegaConf.masked_copy(cfg.teacher, [k for k in cfg.teacher if k != "ckpt"])
+        teacher_cfg = OmegaConf.masked_copy(cfg.teacher, [k for k in cfg.teacher
+                                                          if k not in ("ckpt", "precision")])
         return DistillModule(student_spec, teacher_spec=model_spec_for(teacher_cfg, datamodule),
-                             teacher_ckpt=cfg.teacher.ckpt, optim=dict(cfg.optim), sched=dict(cfg.sched),
+                             teacher_ckpt=cfg.teacher.ckpt, teacher_precision=cfg.teacher.precision,
+                             optim=dict(cfg.optim), sched=dict(cfg.sched),
                              data_spec=data_spec_for(datamodule), **cfg.distill, **cfg.module)
 
     return run_phase(cfg, build, command="distill", model_key="student")

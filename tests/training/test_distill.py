@@ -131,3 +131,18 @@ def test_distillation_and_a_small_sweep_run_through_hydra(tiny_teacher_run, tmp_
     rows = list(csv.DictReader(open(sweep / "summary.csv")))
     assert [r["distill.alpha"] for r in rows] == ["0.3", "0.7"]
     assert all(r["status"] == "done" and 0 <= float(r["test_top1"]) <= 1 for r in rows)
+
+
+def test_a_bf16_teacher_gives_float32_targets_close_to_the_float32_teacher(tiny_teacher_run):
+    student, teacher = _specs()
+    ckpt = _teacher_ckpt(tiny_teacher_run)
+    exact = DistillModule(student, teacher, ckpt, teacher_precision="32")
+    fast = DistillModule(student, teacher, ckpt, teacher_precision="bf16")
+    x = torch.randn(4, 3, 16, 25, 2)
+    (stages_32, logits_32), (stages_16, logits_16) = exact.run_teacher(x), fast.run_teacher(x)
+    assert logits_16.dtype == torch.float32 and all(s.dtype == torch.float32 for s in stages_16)
+    for a, b in zip(stages_32, stages_16):
+        assert ((a - b).norm() / a.norm()).item() < 0.02
+    assert not torch.equal(logits_32, logits_16)  # it really ran in bf16
+    with pytest.raises(ValueError, match="teacher precision 'fp8'"):
+        DistillModule(student, teacher, ckpt, teacher_precision="fp8")
