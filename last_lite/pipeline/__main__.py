@@ -79,8 +79,10 @@ def run(cfg: DictConfig, runner_fn=None) -> dict[str, Any]:
     with _hydra_context(), Lock(run_dir):
         state = PipelineState(run_dir)
         kwargs = {} if runner_fn is None else {"runner": runner_fn}
+        adopt = cfg.pipeline.get("adopt")
+        adopt = OmegaConf.to_container(adopt, resolve=True) if adopt is not None else {}
         runner = StageRunner(state, stage_identity(run_dir, cwd), force=force,
-                             python=cfg.get("python"), cwd=cwd, **kwargs)
+                             python=cfg.get("python"), cwd=cwd, adopt=adopt, **kwargs)
         tree = Tree(cfg, state, runner)
         invocation: dict[str, Any] = {"started_at": now(), "argv": list(sys.argv), "force": force,
                                       "thresholds": OmegaConf.to_container(cfg.pipeline.thresholds,

@@ -18,6 +18,13 @@ A stage is ``done`` only after its metrics.json (and the outputs its consumers n
 rerun a stage is reused when it is done, its hash matches and its outputs are still there;
 otherwise its folder (half-written, stale or forced) is moved aside into ``_aside/`` and the
 stage runs again from scratch.
+
+Adoption: a stage that is not done may instead take a finished run made outside the pipeline
+(``pipeline.adopt.<stage>=<run folder>``, e.g. a Path A run trained by hand). The run's resolved
+``config.yaml`` must equal the stage's composed config, except for where it ran (``hydra``,
+``paths``, output folders, ``threads``, ``ckpt_path``, cache folders); two paths are equal when they
+name the same file, files with the same bytes, or checkpoints holding the same weights. Any other
+difference refuses the adoption, naming the keys. The run is copied into the stage's folder.
 """
 
 from __future__ import annotations
@@ -239,6 +246,54 @@ def changed_keys(old: Mapping[str, Any] | None, new: Mapping[str, Any], limit: i
     return sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))[:limit]
 
 
+# Where and how a run executed, not what it computed: left out of the adoption comparison.
+EXECUTION_KEYS = ("hydra", "paths", "threads", "ckpt_path")
+EXECUTION_SUFFIXES = ("cache_dir",)
+
+
+def _is_execution_key(key: str) -> bool:
+    return key.split(".")[0] in EXECUTION_KEYS or key.endswith(EXECUTION_SUFFIXES)
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    if a.is_file() and b.is_file() and file_sha256(a) == file_sha256(b):
+        return True
+    try:
+        import torch
+
+        from last_lite.training.checkpoints import load_model_weights
+
+        wa, wb = load_model_weights(str(a)), load_model_weights(str(b))
+    except Exception:  # not a checkpoint either of them
+        return False
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def adoption_differences(stage_cfg: Mapping[str, Any], run_cfg: Mapping[str, Any],
+                         stage_dir: Path, run_dir: Path, limit: int = 12) -> list[str]:
+    """What keeps a finished run from standing in for a stage (empty: it may be adopted)."""
+    def rebased(value: Any, own_dir: Path) -> Any:
+        if isinstance(value, str) and value.startswith(str(own_dir)):
+            return "<output_dir>" + value[len(str(own_dir)):]
+        return value
+
+    run_dir = Path((run_cfg.get("paths") or {}).get("output_dir") or run_dir)  # where it ran
+    a, b = _flatten(dict(stage_cfg)), _flatten(dict(run_cfg))
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if _is_execution_key(key):
+            continue
+        va, vb = rebased(a.get(key, "<absent>"), stage_dir), rebased(b.get(key, "<absent>"), run_dir)
+        if va == vb:
+            continue
+        if isinstance(va, str) and isinstance(vb, str) and Path(va).exists() and Path(vb).exists():
+            pa, pb = Path(va), Path(vb)
+            if pa.resolve() == pb.resolve() or _same_weights(pa, pb):
+                continue
+        out.append(f"{key}: stage {va!r} vs run {vb!r}")
+    return out[:limit]
+
+
 def log_tail(path: Path, chars: int = 4000) -> str:
     try:
         return path.read_text(encoding="utf-8", errors="replace")[-chars:]
@@ -256,8 +311,9 @@ class StageRunner:
 
     def __init__(self, state: PipelineState, identity: Callable[[Stage], Mapping[str, Any]],
                  force: Sequence[str] = (), python: str | None = None, cwd: Path | None = None,
-                 runner: Callable[..., int] = run_subprocess):
+                 runner: Callable[..., int] = run_subprocess, adopt: Mapping[str, Any] | None = None):
         self.state = state
+        self.adopt = {k: Path(v).expanduser().resolve() for k, v in (adopt or {}).items() if v}
         self.identity = identity
         self.force = set(force)
         self.python = python or sys.executable
@@ -319,6 +375,37 @@ class StageRunner:
         log.info("stage %s: moved its %s folder aside to %s", name, reason, target)
         return target
 
+    def adopt_run(self, stage: Stage, source: Path, digest: str, ident: dict) -> dict:
+        """Copy a finished run made outside the pipeline into the stage (see the module doc)."""
+        from omegaconf import OmegaConf
+
+        if not (source / "metrics.json").is_file() or not (source / "config.yaml").is_file():
+            raise ValueError(f"pipeline.adopt.{stage.name}: {source} is not a finished run "
+                             f"(it needs metrics.json and config.yaml)")
+        stage_dir = self.state.stage_dir(stage.name)
+        differences = adoption_differences(self.identity(stage), OmegaConf.to_container(OmegaConf.load(source / "config.yaml")),
+                                           stage_dir, source)
+        if differences:
+            raise ValueError(f"pipeline.adopt.{stage.name}: {source} was not made with this stage's "
+                             f"config; differences:\n  " + "\n  ".join(differences))
+        aside = self.move_aside(stage.name, "adopted-over")
+        shutil.copytree(source, stage_dir, ignore=shutil.ignore_patterns(".pipeline.lock"))
+        outputs = self.outputs_of(stage)
+        if outputs is None:
+            shutil.rmtree(stage_dir)
+            raise ValueError(f"pipeline.adopt.{stage.name}: {source} lacks the outputs the stage "
+                             f"must have (its checkpoint or encoder)")
+        record = {"status": "done", "hash": digest, "command": stage.command, "overrides": list(stage.overrides),
+                  "identity": ident, "inputs": list(stage.inputs), "stage_dir": stage.name,
+                  "adopted_from": str(source), "adopted_at": now(), "last_action": "adopted",
+                  "moved_aside": str(aside.relative_to(self.state.run_dir)) if aside else None,
+                  "outputs": self._relative(outputs), "runs": 0}
+        self.state.stages[stage.name] = record
+        self.actions[stage.name] = "adopted"
+        self.state.save()
+        log.info("stage %s: adopted %s (hash %s)", stage.name, source, digest)
+        return record
+
     # -- run or reuse ---------------------------------------------------------------------------
     def ensure(self, stage: Stage) -> dict:
         """Reuse the stage if it is done with the same hash, else (re)run it. Returns its state
@@ -335,6 +422,10 @@ class StageRunner:
             self.state.save()
             log.info("stage %s: reused (hash %s)", stage.name, digest)
             return record
+
+        if not forced and stage.name in self.adopt and not (record.get("status") == "done"
+                                                            and outputs is not None):
+            return self.adopt_run(stage, self.adopt[stage.name], digest, ident)
 
         if record.get("status") == "running" and record.get("pid") and _alive(int(record["pid"])) \
                 and int(record["pid"]) != os.getpid():

@@ -246,3 +246,38 @@ def test_failures_are_recorded_and_an_optional_export_is_not_fatal(copy):
     assert report["status"] == "failed" and f"stage {B} failed (exit code 2)" in report["failures"][0]
     assert state(copy)["stages"][B]["status"] == "failed"
     assert "## Failures" in (copy / "report.md").read_text()
+
+
+def test_runs_made_outside_the_pipeline_are_adopted_only_when_their_configs_match(finished, tmp_path):
+    from omegaconf import OmegaConf
+
+    from last_lite.pipeline.state import run_subprocess
+
+    by_hand = tmp_path / "by_hand"
+    for stage in ("teacher", B):
+        shutil.copytree(finished["dir"] / stage, by_hand / stage)
+    other_seed = tmp_path / "other_seed"
+    shutil.copytree(by_hand / "teacher", other_seed)
+    cfg = OmegaConf.load(other_seed / "config.yaml")
+    cfg.seed = 7
+    OmegaConf.save(cfg, other_seed / "config.yaml")
+
+    run_dir = tmp_path / "fresh"
+    with pytest.raises(ValueError, match=r"(?s)not made with this stage's config.*seed: stage 0 vs run 7"):
+        pipeline(run_dir, f"++pipeline.adopt.teacher={other_seed}", runner=forbid)
+    assert not (run_dir / "teacher").exists()
+
+    def only_export(argv, *args, **kwargs):
+        assert "last_lite.export" in argv, f"a training stage ran: {' '.join(argv)}"
+        return run_subprocess(argv, *args, **kwargs)
+
+    # B's teacher.ckpt names the original teacher folder: the same weights, so it still matches
+    report = pipeline(run_dir, published(0.0), f"++pipeline.adopt.teacher={by_hand / 'teacher'}",
+                      f"++pipeline.adopt.{B}={by_hand / B}", runner=only_export)
+    assert report["status"] == "complete"
+    assert report["invocation"]["actions"] == {"teacher": "adopted", B: "adopted", f"export_{B}": "ran"}
+    assert metrics(run_dir, B) == metrics(finished["dir"], B)
+    assert state(run_dir)["stages"]["teacher"]["adopted_from"] == str(by_hand / "teacher")
+    again = pipeline(run_dir, published(0.0), f"++pipeline.adopt.teacher={by_hand / 'teacher'}",
+                     f"++pipeline.adopt.{B}={by_hand / B}", runner=forbid)
+    assert set(again["invocation"]["actions"].values()) == {"reused"}
