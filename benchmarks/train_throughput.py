@@ -1,9 +1,12 @@
 """Training-step throughput and peak memory, side by side, beside each model's FLOP floor.
 
     python benchmarks/train_throughput.py [--models ...] [--batch 16] [--threads 2] [--steps 8]
+        [--precisions 32 bf16]
 
 Each model runs in its own subprocess (so peak RSS is its own); the FLOP floor is
-3 x forward FLOPs (forward + backward) over this machine's measured float32 matmul rate. Prints a
+3 x forward FLOPs (forward + backward) over this machine's measured float32 matmul rate.
+``--precisions 32 bf16`` adds a row per model trained under bfloat16 autocast (what
+``trainer.precision=bf16-mixed`` does on a CPU; fast where the CPU has AMX or AVX512-BF16). Prints a
 table and writes outputs/benchmarks/train_throughput.json. Medians over the timed steps; the
 machine is shared, so compare within one run.
 """
@@ -38,7 +41,8 @@ def matmul_gflops(threads: int, size: int = 1024, repeats: int = 10) -> float:
     return 2 * size ** 3 / statistics.median(times) / 1e9
 
 
-def measure_one(name: str, batch: int, threads: int, steps: int, frames: int, persons: int) -> dict:
+def measure_one(name: str, batch: int, threads: int, steps: int, frames: int, persons: int,
+                precision: str = "32") -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -56,14 +60,15 @@ def measure_one(name: str, batch: int, threads: int, steps: int, frames: int, pe
     times = []
     for step in range(steps + 2):
         start = time.perf_counter()
-        loss = F.cross_entropy(model(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if step >= 2:  # the first steps warm up allocators and kernels
             times.append(time.perf_counter() - start)
     step_s = statistics.median(times)
-    return {"model": name, "samples_per_s": batch / step_s, "step_ms": 1000 * step_s,
+    return {"model": name, "precision": precision, "samples_per_s": batch / step_s, "step_ms": 1000 * step_s,
             "forward_gflops_per_sample": flops / 1e9,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
@@ -76,18 +81,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--frames", type=int, default=64)
     parser.add_argument("--persons", type=int, default=2)
+    parser.add_argument("--precisions", nargs="+", default=["32"], choices=["32", "bf16"])
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure_one(args.one, args.batch, args.threads, args.steps, args.frames, args.persons)))
+        print(json.dumps(measure_one(args.one, args.batch, args.threads, args.steps, args.frames,
+                                     args.persons, args.precisions[0])))
         return
 
     rate = matmul_gflops(args.threads)
     rows = []
-    for name in args.models:
+    for name, precision in [(m, p) for m in args.models for p in args.precisions]:
         out = subprocess.run([sys.executable, __file__, "--one", name, "--batch", str(args.batch),
                               "--threads", str(args.threads), "--steps", str(args.steps),
-                              "--frames", str(args.frames), "--persons", str(args.persons)],
+                              "--frames", str(args.frames), "--persons", str(args.persons),
+                              "--precisions", precision],
                              capture_output=True, text=True, check=True)
         row = json.loads(out.stdout.strip().splitlines()[-1])
         floor_s = 3 * row["forward_gflops_per_sample"] / rate  # seconds per sample at peak matmul rate
@@ -97,9 +105,9 @@ def main() -> None:
 
     print(f"training step, batch {args.batch}, T={args.frames}, V=25, M={args.persons}, "
           f"{args.threads} threads; matmul {rate:.0f} GFLOP/s")
-    print(f"{'model':<18}{'samples/s':>10}{'ms/step':>10}{'floor s/s':>11}{'of floor':>9}{'peak MB':>9}")
+    print(f"{'model':<18}{'prec':>5}{'samples/s':>10}{'ms/step':>10}{'floor s/s':>11}{'of floor':>9}{'peak MB':>9}")
     for r in rows:
-        print(f"{r['model']:<18}{r['samples_per_s']:>10.1f}{r['step_ms']:>10.0f}"
+        print(f"{r['model']:<18}{r['precision']:>5}{r['samples_per_s']:>10.1f}{r['step_ms']:>10.0f}"
               f"{r['flop_floor_samples_per_s']:>11.1f}{r['fraction_of_floor']:>9.0%}{r['peak_rss_mb']:>9.0f}")
     from last_lite.io import atomic_write_json
 

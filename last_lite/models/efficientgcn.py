@@ -8,14 +8,19 @@ Layout (facts of the published B0 configuration):
   BN -> stem (graph layer to 64 channels, plain temporal layer) -> two blocks.
 * The branches are concatenated at the fusion stage (after block 2) and a main stream of two more
   blocks follows; then global average pooling, the person mean, dropout and a linear classifier.
-* A block is a spatial graph layer, ``depth`` separable temporal layers (the first one strided)
-  and an ST-Joint attention layer. The block table is ``[width, stride, depth]`` =
+* A block is a spatial graph layer, ``depth`` temporal layers (the first one strided) and an
+  ST-Joint attention layer. The block table is ``[width, stride, depth]`` =
   ``[[48,1,0.5],[24,1,0.5],[64,2,1],[128,2,1]]`` scaled by the compound rule with factor 0 for B0
   (width rounded to a multiple of 16, depth rounded; both with Python's ``round``, i.e. half to
   even), which gives ``[[48,1,0],[32,1,0],[64,2,1],[128,2,1]]``: the two branch blocks hold no
   temporal layer at all.
-* Swish activations, temporal kernel 5, graph distance 2 (three hop subsets), expansion 2 in the
-  separable temporal layers, reduction 4 in the attention, biases on, learnable edge importance.
+* Swish activations, temporal kernel 5, graph distance 2 (three hop subsets), biases on,
+  learnable edge importance.
+* Temporal layers: B0 (the released config ``2001``) uses the sandglass ("SG") layer with
+  reduction 2, which the ST-Joint attention shares: 306,201 trainable parameters for NTU-60, the
+  count of the official code (whose ``thop`` report, which skips edges, says 0.29M).
+  ``efficientgcn_b0_epsep`` is the released EpSep variant (config ``2013``): the separable
+  (inverted-bottleneck, expansion 2) layer with reduction 4, 345,333 parameters.
 
 The graph operator is the distance partition: subset ``k`` holds the joint pairs ``k`` hops apart
 (k = 0, 1, 2), every column divided by the number of joints within ``norm_hops`` hops of the
@@ -150,6 +155,31 @@ class SeparableTemporalLayer(nn.Module):
         return y + self.shortcut(x)
 
 
+class SandglassTemporalLayer(nn.Module):
+    """Sandglass over time: depthwise k x 1 (Swish), 1x1 reduce to C/r, 1x1 back to C (Swish),
+    depthwise k x 1 with the stride; plus the residual (identity, or a strided 1x1 conv + BN),
+    with no activation after the sum."""
+
+    def __init__(self, channels: int, kernel: int = 5, stride: int = 1, reduct_ratio: int = 2,
+                 bias: bool = True):
+        super().__init__()
+        inner = channels // reduct_ratio
+        self.depthwise_in = conv_bn(channels, channels, kernel, groups=channels, bias=bias)
+        self.reduce = conv_bn(channels, inner, bias=bias)
+        self.restore = conv_bn(inner, channels, bias=bias)
+        self.depthwise_out = conv_bn(channels, channels, kernel, stride, groups=channels, bias=bias)
+        self.shortcut = nn.Identity() if stride == 1 else conv_bn(channels, channels, 1, stride, bias=bias)
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.reduce(self.act(self.depthwise_in(x)))
+        y = self.depthwise_out(self.act(self.restore(y)))
+        return y + self.shortcut(x)
+
+
+TEMPORAL_LAYERS = ("sg", "sep")
+
+
 class STJointAttention(nn.Module):
     """ST-Joint attention: frame and joint descriptors (means over joints / frames) share a
     1x1 conv + BN + hard-swish squeeze, then two 1x1 convs with sigmoids give a frame map and a
@@ -176,15 +206,20 @@ class STJointAttention(nn.Module):
 
 
 class GCNBlock(nn.Module):
-    """Graph layer -> ``depth`` separable temporal layers (first one strided) -> ST-Joint attention."""
+    """Graph layer -> ``depth`` temporal layers (first one strided) -> ST-Joint attention."""
 
     def __init__(self, cin: int, cout: int, stride: int, depth: int, adjacency: torch.Tensor,
-                 kernel: int, expand_ratio: int, reduct_ratio: int, bias: bool, learnable_edge: bool):
+                 kernel: int, temporal_layer: str, expand_ratio: int, reduct_ratio: int, bias: bool,
+                 learnable_edge: bool):
         super().__init__()
         self.graph = GraphLayer(cin, cout, adjacency, bias, learnable_edge)
-        self.temporal = nn.Sequential(*[
-            SeparableTemporalLayer(cout, kernel, stride if i == 0 else 1, expand_ratio, bias)
-            for i in range(depth)])
+
+        def temporal(layer_stride: int) -> nn.Module:
+            if temporal_layer == "sg":
+                return SandglassTemporalLayer(cout, kernel, layer_stride, reduct_ratio, bias)
+            return SeparableTemporalLayer(cout, kernel, layer_stride, expand_ratio, bias)
+
+        self.temporal = nn.Sequential(*[temporal(stride if i == 0 else 1) for i in range(depth)])
         self.attention = STJointAttention(cout, reduct_ratio, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -195,16 +230,16 @@ class InputBranch(nn.Module):
     """BN on the raw branch input, the stem (graph layer + plain temporal layer), then blocks."""
 
     def __init__(self, cin: int, stem: int, blocks: Sequence[tuple[int, int, int]],
-                 adjacency: torch.Tensor, kernel: int, expand_ratio: int, reduct_ratio: int,
-                 bias: bool, learnable_edge: bool):
+                 adjacency: torch.Tensor, kernel: int, temporal_layer: str, expand_ratio: int,
+                 reduct_ratio: int, bias: bool, learnable_edge: bool):
         super().__init__()
         self.input_bn = nn.BatchNorm2d(cin)
         self.stem_graph = GraphLayer(cin, stem, adjacency, bias, learnable_edge)
         self.stem_temporal = PlainTemporalLayer(stem, kernel, bias)
         layers, width = [], stem
         for out, stride, depth in blocks:
-            layers.append(GCNBlock(width, out, stride, depth, adjacency, kernel, expand_ratio,
-                                   reduct_ratio, bias, learnable_edge))
+            layers.append(GCNBlock(width, out, stride, depth, adjacency, kernel, temporal_layer,
+                                   expand_ratio, reduct_ratio, bias, learnable_edge))
             width = out
         self.blocks = nn.Sequential(*layers)
         self.out_channels = width
@@ -226,11 +261,13 @@ class EfficientGCN(nn.Module):
                  blocks: Sequence[Sequence[float]] = B0_BLOCKS, scale_factor: int = 0,
                  scale_args: Sequence[float] = (1.2, 1.35), fusion_stage: int = 2,
                  temporal_kernel: int = 5, max_graph_distance: int = 2, norm_hops: int = 10,
-                 expand_ratio: int = 2, reduct_ratio: int = 4, bias: bool = True,
-                 learnable_edge: bool = True):
+                 temporal_layer: str = "sg", expand_ratio: int = 0, reduct_ratio: int = 2,
+                 bias: bool = True, learnable_edge: bool = True):
         super().__init__()
         if person_mode not in PERSON_MODES:
             raise ValueError(f"person_mode must be one of {PERSON_MODES}, got {person_mode!r}")
+        if temporal_layer not in TEMPORAL_LAYERS:
+            raise ValueError(f"temporal_layer must be one of {TEMPORAL_LAYERS}, got {temporal_layer!r}")
         rows = compound_scale(blocks, scale_factor, scale_args)
         if not 1 <= fusion_stage < len(rows):
             raise ValueError(f"fusion_stage must be in [1, {len(rows) - 1}], got {fusion_stage}")
@@ -244,8 +281,8 @@ class EfficientGCN(nn.Module):
         self.register_buffer("parents", torch.from_numpy(self.layout.parents), persistent=False)
         adjacency = torch.from_numpy(distance_adjacency(self.layout, max_graph_distance,
                                                         max(norm_hops, max_graph_distance)))
-        common = dict(adjacency=adjacency, kernel=temporal_kernel, expand_ratio=expand_ratio,
-                      reduct_ratio=reduct_ratio, bias=bias, learnable_edge=learnable_edge)
+        common = dict(adjacency=adjacency, kernel=temporal_kernel, temporal_layer=temporal_layer,
+                      expand_ratio=expand_ratio, reduct_ratio=reduct_ratio, bias=bias, learnable_edge=learnable_edge)
 
         self.branches = nn.ModuleList([
             InputBranch(2 * in_channels, stem_channels, rows[:fusion_stage], **common)
@@ -301,3 +338,9 @@ class EfficientGCN(nn.Module):
 @register_model("efficientgcn_b0")
 def efficientgcn_b0(num_classes=60, layout="ntu25", **overrides):
     return EfficientGCN(num_classes=num_classes, layout=layout, **overrides)
+
+
+@register_model("efficientgcn_b0_epsep")
+def efficientgcn_b0_epsep(num_classes=60, layout="ntu25", **overrides):
+    return EfficientGCN(num_classes=num_classes, layout=layout, **{
+        "temporal_layer": "sep", "expand_ratio": 2, "reduct_ratio": 4, **overrides})

@@ -11,10 +11,12 @@ from last_lite.models.efficientgcn import (B0_BLOCKS, EfficientGCN, GraphLayer, 
                                            distance_adjacency, jvb_branches)
 from last_lite.models.graph import get_layout, hop_distance
 
-# B0 on NTU-60 (25 joints, 60 classes). 20,625 of the trainable parameters are the 11 graph
-# layers' edge importances (3 x 25 x 25 each); without them the count is 324,708, the reference
-# code's logged "0.32M" (its profiler skips parameters held directly by the graph convolution).
-B0_NTU60_TRAINABLE = 345_333
+# B0 on NTU-60 (25 joints, 60 classes): the official code's trainable count for its released B0
+# config (sandglass temporal layers, reduction 2) and for its EpSep variant. 20,625 of each are the
+# 11 graph layers' edge importances (3 x 25 x 25); without them the counts are 285,576 and 324,708,
+# the reference code's logged "0.29M" and "0.32M" (its profiler skips the edges).
+B0_NTU60_TRAINABLE = 306_201
+B0_EPSEP_NTU60_TRAINABLE = 345_333
 B0_NTU60_EDGE = 20_625
 
 
@@ -34,6 +36,18 @@ def test_b0_parameter_count():
     print(f"EfficientGCN-B0 NTU-60 trainable parameters: {count} (edge importances {edge})")
     assert count == B0_NTU60_TRAINABLE
     assert edge == B0_NTU60_EDGE
+
+
+def test_epsep_variant_parameter_count_and_layers():
+    from last_lite.models.registry import create_model
+
+    sg, epsep = create_model("efficientgcn_b0"), create_model("efficientgcn_b0_epsep")
+    assert _trainable(epsep) == B0_EPSEP_NTU60_TRAINABLE
+    assert any(isinstance(m, egcn.SandglassTemporalLayer) for m in sg.modules())
+    assert not any(isinstance(m, egcn.SeparableTemporalLayer) for m in sg.modules())
+    assert any(isinstance(m, egcn.SeparableTemporalLayer) for m in epsep.modules())
+    with pytest.raises(ValueError, match="temporal_layer"):
+        EfficientGCN(temporal_layer="tcn")
 
 
 def test_distance_adjacency_is_column_normalised_over_ten_hops():
