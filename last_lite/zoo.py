@@ -3,15 +3,22 @@
 ``zoo/index.json`` maps a name (``<dataset>/<model>``) to its file, hash, ``model_spec`` (the
 ``create_model`` arguments), ``data_spec`` (classes, layout, clip length) and the run's metrics;
 ``load_zoo_model(name)`` rebuilds the network without training anything.
+
+An entry may also ship exported ONNX files (``onnx_fp32``, ``onnx_int8``: file, hash, the export's
+test accuracy); ``zoo_onnx(name)`` returns such a file's verified path without importing torch, so
+the edge runtime takes ``--model zoo:<name>``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
 
-import torch.nn as nn
+if TYPE_CHECKING:  # torch stays out of the runtime's imports (zoo_onnx)
+    import torch.nn as nn
 
 ZOO_DIR = Path(__file__).resolve().parents[1] / "zoo"
 
@@ -28,19 +35,28 @@ def zoo_index(zoo_dir: Path = ZOO_DIR) -> dict:
     return json.loads((zoo_dir / "index.json").read_text())
 
 
+def _entry(name: str, zoo_dir: Path) -> dict:
+    index = zoo_index(zoo_dir)
+    if name not in index:
+        raise KeyError(f"no zoo model {name!r}; available: {', '.join(sorted(index))}")
+    return index[name]
+
+
+def _verified(zoo_dir: Path, record: Mapping[str, Any]) -> Path:
+    path = zoo_dir / record["file"]
+    if sha256(path) != record["sha256"]:
+        raise ValueError(f"{path} does not match its SHA-256 in zoo/index.json: refusing to load it")
+    return path
+
+
 def load_zoo_model(name: str, zoo_dir: Path = ZOO_DIR) -> tuple[nn.Module, dict]:
     """The model ``name`` in eval mode and its index entry; refuses a file whose hash differs."""
     from safetensors.torch import load_file
 
     from last_lite.models.registry import create_model
 
-    index = zoo_index(zoo_dir)
-    if name not in index:
-        raise KeyError(f"no zoo model {name!r}; available: {', '.join(sorted(index))}")
-    entry = index[name]
-    path = zoo_dir / entry["file"]
-    if sha256(path) != entry["sha256"]:
-        raise ValueError(f"{path} does not match its SHA-256 in zoo/index.json: refusing to load it")
+    entry = _entry(name, zoo_dir)
+    path = _verified(zoo_dir, entry)
     model = create_model(**entry["model_spec"])
     model.load_state_dict(load_file(str(path)))
     return model.eval(), entry
@@ -66,3 +82,37 @@ def add_to_zoo(name: str, checkpoint: str | Path, metrics_file: str | Path, zoo_
                                                           "epochs", "seed", "params", "git_commit")}}
     atomic_write_json(zoo_dir / "index.json", index)
     return index[name]
+
+
+ONNX_KINDS = ("onnx_fp32", "onnx_int8")
+
+
+def zoo_onnx(name: str, kind: str = "onnx_int8", zoo_dir: Path = ZOO_DIR) -> Path:
+    """The verified path of entry ``name``'s exported ONNX file (``onnx_int8`` or ``onnx_fp32``)."""
+    entry = _entry(name, zoo_dir)
+    if kind not in entry:
+        shipped = [k for k in ONNX_KINDS if k in entry]
+        raise KeyError(f"zoo model {name!r} ships no {kind} file (it has: {', '.join(shipped) or 'none'})")
+    return _verified(zoo_dir, entry[kind])
+
+
+def add_onnx_to_zoo(name: str, kind: str, onnx_path: str | Path, export_record: Mapping[str, Any],
+                    zoo_dir: Path = ZOO_DIR) -> dict:
+    """Copy an exported model into entry ``name`` (already in the zoo) with its hash and the
+    export's test accuracy (``export_record``: the export's metrics.json)."""
+    from last_lite.io import atomic_write, atomic_write_json
+
+    if kind not in ONNX_KINDS:
+        raise ValueError(f"kind must be one of {ONNX_KINDS}, got {kind!r}")
+    index = zoo_index(zoo_dir)
+    if name not in index:
+        raise KeyError(f"add the weights of {name!r} (add_to_zoo) before its ONNX files")
+    suffix = ".int8.onnx" if kind == "onnx_int8" else ".onnx"
+    path = zoo_dir / f"{name}{suffix}"
+    atomic_write(path, lambda tmp: shutil.copyfile(onnx_path, tmp))
+    evaluated = ((export_record.get("evaluation") or {}).get("models") or {})
+    accuracy = evaluated.get("int8" if kind == "onnx_int8" else "fp32") or {}
+    index[name][kind] = {"file": str(path.relative_to(zoo_dir)), "sha256": sha256(path),
+                         "bytes": path.stat().st_size, "test_top1": accuracy.get("top1")}
+    atomic_write_json(zoo_dir / "index.json", index)
+    return index[name][kind]

@@ -28,3 +28,53 @@ def test_a_tampered_zoo_file_is_refused(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="SHA-256"):
         load_zoo_model(name, zoo)
+
+
+def _with_onnx(tmp_path):
+    """A copy of the zoo whose first entry also ships a (tiny, hand-built) ONNX file."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from last_lite.zoo import add_onnx_to_zoo
+
+    zoo = tmp_path / "zoo"
+    shutil.copytree(ZOO_DIR, zoo)
+    name = sorted(zoo_index(zoo))[0]
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    source = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph), str(source))
+    record = {"evaluation": {"models": {"fp32": {"top1": 0.5}, "int8": {"top1": 0.25}}}}
+    entry = add_onnx_to_zoo(name, "onnx_int8", source, record, zoo)
+    return zoo, name, source, entry
+
+
+def test_shipped_onnx_files_resolve_by_name_without_torch_and_are_hash_checked(tmp_path):
+    from last_lite.zoo import add_onnx_to_zoo, zoo_onnx
+
+    zoo, name, source, entry = _with_onnx(tmp_path)
+    assert entry["test_top1"] == 0.25 and entry["bytes"] == source.stat().st_size
+    path = zoo_onnx(name, zoo_dir=zoo)
+    assert path.read_bytes() == source.read_bytes()
+    with pytest.raises(KeyError, match="ships no onnx_fp32"):
+        zoo_onnx(name, "onnx_fp32", zoo_dir=zoo)
+    with pytest.raises(KeyError, match="before its ONNX files"):
+        add_onnx_to_zoo("nowhere/model", "onnx_int8", source, {}, zoo)
+    path.write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(ValueError, match="SHA-256"):
+        zoo_onnx(name, zoo_dir=zoo)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, e in zoo_index().items() if "onnx_int8" in e))
+def test_shipped_int8_models_run_in_the_runtime_by_zoo_name(name):
+    import numpy as np
+
+    from last_lite.runtime import ActionRecognizer
+    from last_lite.runtime.__main__ import resolve_model
+
+    rec = ActionRecognizer(resolve_model(f"zoo:{name}"))
+    shape = (rec.info.clip_len, rec.info.num_joints, 3)
+    frames = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    predictions = list(rec.stream(frames))
+    assert predictions and predictions[-1].label in rec.info.class_names

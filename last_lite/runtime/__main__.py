@@ -83,7 +83,9 @@ def load_recording(source: str, denoise: bool = True) -> tuple[Iterable[Any], np
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m last_lite.runtime",
                                 description="Stream a skeleton recording through an exported model.")
-    p.add_argument("--model", required=True, help="an .onnx model written by last_lite.export")
+    p.add_argument("--model", required=True,
+                   help="an .onnx model written by last_lite.export, or zoo:<name>[:onnx_fp32] for a "
+                        "shipped one (INT8 by default), e.g. zoo:nw_ucla/last_lite_small")
     p.add_argument("--input", required=True,
                    help="a .skeleton (NTU), .npy ((T,V,C) or (M,T,V,C)) or JSON-lines file, or - (stdin)")
     p.add_argument("--window", type=int, default=None, help="frames of history (default: clip length)")
@@ -99,9 +101,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def resolve_model(spec: str) -> str:
+    """``zoo:<name>[:<kind>]`` -> the shipped file (hash-checked); anything else is a path."""
+    if not spec.startswith("zoo:"):
+        return spec
+    from last_lite.zoo import zoo_onnx
+
+    name, _, kind = spec[len("zoo:"):].partition(":")
+    return str(zoo_onnx(name, kind or "onnx_int8"))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    rec = ActionRecognizer(args.model, window=args.window, stride=args.stride,
+    rec = ActionRecognizer(resolve_model(args.model), window=args.window, stride=args.stride,
                            min_frames=args.min_frames, threads=args.threads)
     info = rec.info
     frames, whole = load_recording(args.input, denoise=not args.no_denoise)
