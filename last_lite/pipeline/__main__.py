@@ -26,7 +26,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from last_lite.pipeline.state import Lock, PipelineState, Stage, StageFailed, StageRunner, now
+from last_lite.pipeline.state import (AdoptionRefused, Lock, PipelineState, Stage, StageFailed,
+                                      StageRunner, now)
 from last_lite.pipeline.tree import CONF_DIR, Tree
 
 log = logging.getLogger("last_lite.pipeline")
@@ -84,6 +85,7 @@ def run(cfg: DictConfig, runner_fn=None) -> dict[str, Any]:
         runner = StageRunner(state, stage_identity(run_dir, cwd), force=force,
                              python=cfg.get("python"), cwd=cwd, adopt=adopt, **kwargs)
         tree = Tree(cfg, state, runner)
+        log.info("every training stage gets: %s", " ".join(tree.common()) or "the commands' defaults")
         invocation: dict[str, Any] = {"started_at": now(), "argv": list(sys.argv), "force": force,
                                       "thresholds": OmegaConf.to_container(cfg.pipeline.thresholds,
                                                                            resolve=True)}
@@ -93,6 +95,10 @@ def run(cfg: DictConfig, runner_fn=None) -> dict[str, Any]:
             tree.outcome["status"] = "failed"
             tree.outcome["failures"].append(
                 f"stage {exc.stage} failed (exit code {exc.returncode}); log: {exc.log_path}")
+            log.error("%s", exc)
+        except AdoptionRefused as exc:
+            tree.outcome["status"] = "failed"
+            tree.outcome["failures"].append(str(exc))
             log.error("%s", exc)
         finally:
             if tree.outcome["status"] == "running":  # an exception other than a stage failure
@@ -129,6 +135,13 @@ def _print_summary(report: dict[str, Any]) -> None:
 
 @hydra.main(config_path="../../conf", config_name="pipeline", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    choices = HydraConfig.get().runtime.choices
+    with open_dict(cfg):
+        for group in ("data", "experiment"):
+            if choices.get(group) is not None:
+                cfg.stage_choices[group] = choices[group]
     report = run(cfg)
     if report["status"] == "failed":
         raise SystemExit(1)

@@ -62,6 +62,10 @@ class StageFailed(RuntimeError):
         self.stage, self.returncode, self.log_path, self.tail = stage, returncode, log_path, tail
 
 
+class AdoptionRefused(ValueError):
+    """``pipeline.adopt.<stage>`` names a run that cannot stand in for the stage (the message says why)."""
+
+
 def now() -> str:
     return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
@@ -380,20 +384,20 @@ class StageRunner:
         from omegaconf import OmegaConf
 
         if not (source / "metrics.json").is_file() or not (source / "config.yaml").is_file():
-            raise ValueError(f"pipeline.adopt.{stage.name}: {source} is not a finished run "
+            raise AdoptionRefused(f"pipeline.adopt.{stage.name}: {source} is not a finished run "
                              f"(it needs metrics.json and config.yaml)")
         stage_dir = self.state.stage_dir(stage.name)
         differences = adoption_differences(self.identity(stage), OmegaConf.to_container(OmegaConf.load(source / "config.yaml")),
                                            stage_dir, source)
         if differences:
-            raise ValueError(f"pipeline.adopt.{stage.name}: {source} was not made with this stage's "
+            raise AdoptionRefused(f"pipeline.adopt.{stage.name}: {source} was not made with this stage's "
                              f"config; differences:\n  " + "\n  ".join(differences))
         aside = self.move_aside(stage.name, "adopted-over")
         shutil.copytree(source, stage_dir, ignore=shutil.ignore_patterns(".pipeline.lock"))
         outputs = self.outputs_of(stage)
         if outputs is None:
             shutil.rmtree(stage_dir)
-            raise ValueError(f"pipeline.adopt.{stage.name}: {source} lacks the outputs the stage "
+            raise AdoptionRefused(f"pipeline.adopt.{stage.name}: {source} lacks the outputs the stage "
                              f"must have (its checkpoint or encoder)")
         record = {"status": "done", "hash": digest, "command": stage.command, "overrides": list(stage.overrides),
                   "identity": ident, "inputs": list(stage.inputs), "stage_dir": stage.name,

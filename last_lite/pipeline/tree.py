@@ -192,10 +192,11 @@ class Tree:
     def common(self) -> list[str]:
         """Passed to every training stage: the data, the experiment, ``stage_overrides``."""
         out = []
-        if self.cfg.get("data"):
-            out.append(f"data={self.cfg.data}")
-        if self.cfg.get("experiment"):
-            out.append(f"experiment={self.cfg.experiment}")
+        choices = self.cfg.get("stage_choices") or {}
+        if choices.get("data"):
+            out.append(f"data={choices['data']}")
+        if choices.get("experiment"):
+            out.append(f"experiment={choices['experiment']}")
         return out + _list(self.cfg.get("stage_overrides"))
 
     def teacher_stage(self) -> Stage:

@@ -8,6 +8,7 @@ reference accuracies, with a stage runner that fails if any stage would run agai
 
 import contextlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -263,8 +264,9 @@ def test_runs_made_outside_the_pipeline_are_adopted_only_when_their_configs_matc
     OmegaConf.save(cfg, other_seed / "config.yaml")
 
     run_dir = tmp_path / "fresh"
-    with pytest.raises(ValueError, match=r"(?s)not made with this stage's config.*seed: stage 0 vs run 7"):
-        pipeline(run_dir, f"++pipeline.adopt.teacher={other_seed}", runner=forbid)
+    refused = pipeline(run_dir, f"++pipeline.adopt.teacher={other_seed}", runner=forbid)
+    assert refused["status"] == "failed"
+    assert re.search(r"(?s)not made with this stage's config.*seed: stage 0 vs run 7", refused["failures"][0])
     assert not (run_dir / "teacher").exists()
 
     def only_export(argv, *args, **kwargs):
@@ -281,3 +283,12 @@ def test_runs_made_outside_the_pipeline_are_adopted_only_when_their_configs_matc
     again = pipeline(run_dir, published(0.0), f"++pipeline.adopt.teacher={by_hand / 'teacher'}",
                      f"++pipeline.adopt.{B}={by_hand / B}", runner=forbid)
     assert set(again["invocation"]["actions"].values()) == {"reused"}
+
+
+def test_the_cli_takes_data_and_experiment_choices_for_its_stages(tmp_path):
+    proc = run_command("pipeline", ["data=synthetic", "experiment=nw_ucla",
+                                    f"++pipeline.adopt.teacher={tmp_path / 'nowhere'}"],
+                       tmp_path / "run", check=False)
+    out = proc.stdout + proc.stderr
+    assert "every training stage gets: data=synthetic experiment=nw_ucla" in out
+    assert proc.returncode == 1 and "is not a finished run" in out
