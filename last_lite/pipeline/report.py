@@ -150,7 +150,8 @@ def build_report(cfg: DictConfig, state: PipelineState, runner: StageRunner,
     stage_table = []
     for s in stages:
         rec = state.stages.get(s) or {}
-        stage_table.append({"stage": s, "command": rec.get("command"), "status": rec.get("status"),
+        wall = state.metrics(s).get("wall_time_s") if s in done else None
+        stage_table.append({"stage": s, "wall_time_s": wall, "command": rec.get("command"), "status": rec.get("status"),
                             "action": (invocation.get("actions") or {}).get(s, rec.get("last_action")),
                             "hash": rec.get("hash"), "folder": s, "log": rec.get("log"),
                             "runs": rec.get("runs"), "finished_at": rec.get("finished_at")})
@@ -168,6 +169,7 @@ def build_report(cfg: DictConfig, state: PipelineState, runner: StageRunner,
         "pretraining": pretrain,
         "published_points": published,
         "stages": stage_table,
+        "total_stage_time_s": sum(t["wall_time_s"] or 0.0 for t in stage_table),
         "failures": list(outcome.get("failures") or []),
         "warnings": list(outcome.get("warnings") or []),
         "invocation": dict(invocation),
@@ -294,11 +296,15 @@ def markdown(report: Mapping[str, Any]) -> str:
               "has a latency measured here (dashed lines in the latency chart).", ""]
     if report["plots"]:
         L += ["## Plots", ""] + [f"![{k}]({v})" for k, v in report["plots"].items()] + [""]
-    L += ["## Stages", "", "| stage | command | status | this run | hash | log |", "|---|---|---|---|---|---|"]
+    L += ["## Stages", "", "Wall time: each stage's own `wall_time_s` (its metrics.json), wherever and "
+          "whenever it ran (an adopted stage ran outside the pipeline).", "",
+          "| stage | command | status | this run | wall time | hash | log |", "|---|---|---|---|---|---|---|"]
     for s in report["stages"]:
-        L.append(f"| {s['stage']} | {s['command']} | {s['status']} | {s['action']} | `{s['hash']}` | "
-                 f"{s['log'] or '-'} |")
-    L.append("")
+        wall = "-" if s.get("wall_time_s") is None else f"{s['wall_time_s']:,.0f} s"
+        L.append(f"| {s['stage']} | {s['command']} | {s['status']} | {s['action']} | {wall} | "
+                 f"`{s['hash']}` | {s['log'] or '-'} |")
+    total = report.get("total_stage_time_s") or 0.0
+    L += ["", f"Summed stage time: {total:,.0f} s ({total / 3600:.2f} h).", ""]
     return "\n".join(L)
 
 

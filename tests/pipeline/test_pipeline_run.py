@@ -193,6 +193,10 @@ def test_report_numbers_equal_the_stages_metrics_files(finished):
     md = (run_dir / "report.md").read_text()
     assert f"{100 * deployed[0]['test_top1']:.2f}%" in md and f"{ex['int8']['bytes'] / 1024:.1f} KiB" in md
     assert "Which accuracy decides" in md and "validation top-1" in report["accuracy_choice"]
+    walls = {s["stage"]: s["wall_time_s"] for s in report["stages"]}
+    assert walls["teacher"] == metrics(run_dir, "teacher")["wall_time_s"]
+    assert report["total_stage_time_s"] == pytest.approx(sum(walls.values()))
+    assert f"Summed stage time: {report['total_stage_time_s']:,.0f} s" in md
 
 
 def test_force_redoes_a_stage_and_every_stage_that_consumed_it(finished, copy):
