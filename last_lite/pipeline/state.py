@@ -393,7 +393,11 @@ class StageRunner:
             raise AdoptionRefused(f"pipeline.adopt.{stage.name}: {source} was not made with this stage's "
                              f"config; differences:\n  " + "\n  ".join(differences))
         aside = self.move_aside(stage.name, "adopted-over")
-        shutil.copytree(source, stage_dir, ignore=shutil.ignore_patterns(".pipeline.lock"))
+        # Copied under a temp name first: a copy cut short never sits at the stage's folder.
+        tmp_dir = stage_dir.with_name(f".{stage_dir.name}.adopt-tmp")
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        shutil.copytree(source, tmp_dir, ignore=shutil.ignore_patterns(".pipeline.lock"))
+        os.replace(tmp_dir, stage_dir)
         outputs = self.outputs_of(stage)
         if outputs is None:
             shutil.rmtree(stage_dir)
