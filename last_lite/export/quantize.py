@@ -95,13 +95,15 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: Sequ
                   activation_type: str = "QUInt8", weight_type: str = "QInt8",
                   reduce_range: bool = False, nodes_to_exclude: Sequence[str] | None = None,
                   percentile: float = 99.999, num_bins: int | None = None,
-                  preprocess: bool = True, work_dir: str | Path | None = None) -> dict[str, Any]:
+                  preprocess: bool = True, short_names: bool = True,
+                  work_dir: str | Path | None = None) -> dict[str, Any]:
     """Quantize ``fp32_path`` to a QDQ INT8 model at ``out_path`` (written atomically).
 
     ``calibration``: float32 batches (N, C, T, V, M). ``method``: MinMax | Percentile | Entropy.
     ``op_types``: operator types to quantize (None: all); ``keep_float_ops``: operator types
     whose nodes are excluded (kept in float) whatever ``op_types`` says.
     Returns the settings and facts for the report (calibration count, op counts, ...).
+    ``short_names``: rename tensors and drop node names in the written file (see the module doc).
     The FP32 model's metadata_props are carried over.
     """
     import onnx
@@ -153,6 +155,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: Sequ
             finally:
                 raw.unlink(missing_ok=True)
             set_metadata(model, {p.key: p.value for p in source.metadata_props})
+            compact_model(model, short_names=short_names)
             model.producer_name = "last_lite"
             onnx.checker.check_model(model)
             onnx.save(model, str(tmp))
@@ -168,7 +171,47 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: Sequ
             "keep_float_ops": sorted(keep_float_ops or ()), "nodes_kept_float": len(exclude),
             "extra_options": extra,
             "reduce_range": bool(reduce_range), "preprocess": bool(preprocess),
+            "short_names": bool(short_names),
             "op_counts": counts}
+
+
+def compact_model(model, short_names: bool = True) -> None:
+    """Shrink ``model`` in place without changing what it computes: identical initializers are
+    stored once, ``value_info`` shape annotations are dropped, and with ``short_names`` every
+    internal tensor gets a short hex name and nodes lose their names (graph inputs and outputs
+    keep theirs). Only for graphs without subgraphs (ours have none)."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    first_of: dict[tuple, str] = {}
+    alias: dict[str, str] = {}
+    kept = []
+    for tensor in graph.initializer:
+        key = (tensor.data_type, tuple(tensor.dims), numpy_helper.to_array(tensor).tobytes())
+        if key in first_of:
+            alias[tensor.name] = first_of[key]
+        else:
+            first_of[key] = tensor.name
+            kept.append(tensor)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    del graph.value_info[:]
+    boundary = {v.name for v in graph.input} | {v.name for v in graph.output}
+    short: dict[str, str] = {}
+
+    def rename(name: str) -> str:
+        name = alias.get(name, name)
+        if not short_names or not name or name in boundary:
+            return name
+        return short.setdefault(name, format(len(short), "x"))
+
+    for tensor in graph.initializer:
+        tensor.name = rename(tensor.name)
+    for node in graph.node:
+        node.input[:] = [rename(x) for x in node.input]
+        node.output[:] = [rename(x) for x in node.output]
+        if short_names:
+            node.name = ""
 
 
 def optimized_op_counts(path: str | Path, threads: int = 1) -> dict[str, int]:

@@ -139,6 +139,34 @@ def test_int8_export_agrees_with_fp32(int8_export):
     assert "INT8" in (out / "report.md").read_text()
 
 
+def test_compacting_the_int8_file_shrinks_it_and_changes_no_output(int8_export, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from last_lite.export.quantize import compact_model
+
+    out, _ = int8_export
+    shipped = onnx.load(str(out / "model_int8.onnx"))   # compacted by the export (the default)
+    assert not shipped.graph.value_info and not any(n.name for n in shipped.graph.node)
+    names = [t.name for t in shipped.graph.initializer]
+    assert len(set(names)) == len(names) and max(map(len, names)) <= 4
+    data = shipped.graph.initializer
+    assert len({(t.data_type, tuple(t.dims), t.SerializeToString().replace(t.name.encode(), b""))
+                for t in data}) == len(data)          # no initializer stored twice
+
+    loose = onnx.load(str(out / "model_int8.onnx"))
+    for i, node in enumerate(loose.graph.node):          # long names, as the quantizer writes them
+        node.name = f"a_rather_long_node_name_{i}"
+    before = len(loose.SerializeToString())
+    compact_model(loose)
+    assert len(loose.SerializeToString()) < before
+    reference = ort.InferenceSession(str(out / "model_int8.onnx"))
+    x = np.random.default_rng(0).standard_normal((3, *reference.get_inputs()[0].shape[1:])).astype(np.float32)
+    compacted = ort.InferenceSession(loose.SerializeToString())
+    np.testing.assert_array_equal(compacted.run(None, {"skeleton": x})[0], reference.run(None, {"skeleton": x})[0])
+    assert [i.name for i in loose.graph.input] == ["skeleton"]
+
+
 @pytest.mark.parametrize("method", ["Percentile"])
 def test_int8_calibration_method_is_configurable(trained, tmp_path, method):
     from last_lite.export.__main__ import run
