@@ -1,7 +1,11 @@
 """Gather a Hydra multirun folder into one table: ``python -m last_lite.summarize <folder>``.
 
 Each job's swept values come from its ``.hydra/overrides.yaml`` and its accuracy from its
-``metrics.json``; the table is printed and written as ``summary.md`` and ``summary.csv``.
+``metrics.json``; the table is printed and written as ``summary.md`` and ``summary.csv``. A key
+that some jobs override and others do not takes, where a job lacks it, the value that job ran with
+(its config-group choice or its ``.hydra/config.yaml`` entry), so a folder gathering single runs
+(links to them) makes one table too. The markdown table lists the columns that differ between jobs
+and names the shared values once below it; the CSV keeps every column.
 """
 
 from __future__ import annotations
@@ -15,6 +19,22 @@ from pathlib import Path
 import yaml
 
 from last_lite.io import atomic_write_text
+
+
+def _value_ran_with(job: Path, key: str) -> str | None:
+    """``key``'s value in the job's Hydra record: a config-group choice or a config entry."""
+    key = key.lstrip("+~")
+    hydra = yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text()) if (job / ".hydra" / "hydra.yaml").is_file() else {}
+    choices = ((hydra or {}).get("hydra") or {}).get("runtime", {}).get("choices", {}) or {}
+    if key in choices:
+        return None if choices[key] is None else str(choices[key])
+    config_file = job / ".hydra" / "config.yaml"
+    node = yaml.safe_load(config_file.read_text()) if config_file.is_file() else None
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return None if isinstance(node, (dict, list)) or node is None else str(node)
 
 
 def collect(folder: Path) -> tuple[list[str], list[dict]]:
@@ -36,6 +56,10 @@ def collect(folder: Path) -> tuple[list[str], list[dict]]:
         rows.append(row)
     if not rows:
         raise SystemExit(f"no Hydra jobs (folders with .hydra/) under {folder}")
+    for row in rows:
+        for key in keys:
+            if key not in row:
+                row[key] = _value_ran_with(folder / row["job"], key)
     return ["job", *keys, "test_top1", "best_val_top1", "status"], rows
 
 
@@ -45,21 +69,26 @@ def _fmt(value) -> str:
 
 def write_tables(folder: Path) -> str:
     columns, rows = collect(folder)
-    md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    md += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    swept = [c for c in columns if c in ("job", "test_top1", "best_val_top1", "status")
+             or len(rows) == 1 or len({r.get(c) for r in rows}) > 1]
+    shared = [f"`{c}={rows[0].get(c)}`" for c in columns if c not in swept]
+    md = ["| " + " | ".join(swept) + " |", "|" + "---|" * len(swept)]
+    md += ["| " + " | ".join(_fmt(r.get(c)) for c in swept) + " |" for r in rows]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(folder / "summary.csv", buffer.getvalue())
-    text = "\n".join(md) + "\n\nAccuracies in percent (test top-1 of the checkpoint chosen on validation).\n"
+    text = "\n".join(md) + "\n\nAccuracies in percent (test top-1 of the checkpoint chosen on validation)."
+    text += f" Same in every job: {', '.join(shared)}.\n" if shared else "\n"
     atomic_write_text(folder / "summary.md", text)
     return text
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path, help="a multirun folder (outputs/multirun/<date>/<time>_<task>)")
+    parser.add_argument("folder", type=Path, help="a multirun folder (outputs/multirun/<date>/<time>_<task>), or "
+                        "a folder of links to single runs")
     args = parser.parse_args(argv)
     print(write_tables(args.folder))
 

@@ -131,6 +131,17 @@ def test_distillation_and_a_small_sweep_run_through_hydra(tiny_teacher_run, tmp_
     rows = list(csv.DictReader(open(sweep / "summary.csv")))
     assert [r["distill.alpha"] for r in rows] == ["0.3", "0.7"]
     assert all(r["status"] == "done" and 0 <= float(r["test_top1"]) <= 1 for r in rows)
+    assert "Same in every job: " in table and "`distill.gamma=0.1`" in table  # not a column
+
+    # Single runs gathered by links: a key a run did not override shows the value it ran with.
+    gathered = tmp_path / "gathered"
+    gathered.mkdir()
+    (gathered / "preset").symlink_to(tmp_path / "single")
+    (gathered / "alpha_0.7").symlink_to(sweep / "1")
+    write_tables(gathered)
+    rows = {r["job"]: r for r in csv.DictReader(open(gathered / "summary.csv"))}
+    assert rows["preset"]["distill.alpha"] == "0.3" and rows["alpha_0.7"]["distill.alpha"] == "0.7"
+    assert rows["preset"]["distill.gamma"] == rows["alpha_0.7"]["distill.gamma"] == "0.1"
 
 
 def test_a_bf16_teacher_gives_float32_targets_close_to_the_float32_teacher(tiny_teacher_run):
