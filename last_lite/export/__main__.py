@@ -193,7 +193,8 @@ def quantize(fp32_for_int8: Path, out: Path, dm, qcfg: Mapping[str, Any],
                          reduce_range=bool(qcfg.get("reduce_range", False)),
                          percentile=float(calib.get("percentile", 99.999)),
                          num_bins=calib.get("num_bins"),
-                         short_names=bool(qcfg.get("short_names", True)))
+                         short_names=bool(qcfg.get("short_names", True)),
+                         chunk_samples=int(calib.get("chunk_samples", 32)))
 
 
 def ops_run(path: Path, threads: int | None) -> tuple[dict[str, int], dict[str, int]]:

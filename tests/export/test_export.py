@@ -167,6 +167,23 @@ def test_compacting_the_int8_file_shrinks_it_and_changes_no_output(int8_export, 
     assert [i.name for i in loose.graph.input] == ["skeleton"]
 
 
+def test_calibrating_in_chunks_gives_the_same_minmax_model(fp32_export, tmp_path):
+    import onnx
+
+    from last_lite.export.quantize import calibration_chunk, quantize_int8
+
+    assert [calibration_chunk(n, 32) for n in (256, 64, 24, 17, 1)] == [32, 32, 24, 17, 1]
+    out, _ = fp32_export
+    shape = onnx.load(str(out / "model.onnx")).graph.input[0].type.tensor_type.shape.dim
+    samples = np.random.default_rng(0).standard_normal((24, *[d.dim_value for d in shape[1:]]))
+    calibration = [samples.astype(np.float32)]
+    quantize_int8(out / "model.onnx", tmp_path / "whole.onnx", calibration, chunk_samples=24)
+    quantize_int8(out / "model.onnx", tmp_path / "chunks.onnx", calibration, chunk_samples=5)  # chunks of 4
+    whole, chunks = onnx.load(str(tmp_path / "whole.onnx")), onnx.load(str(tmp_path / "chunks.onnx"))
+    assert {t.name: t.SerializeToString() for t in whole.graph.initializer} == \
+        {t.name: t.SerializeToString() for t in chunks.graph.initializer}
+
+
 @pytest.mark.parametrize("method", ["Percentile"])
 def test_int8_calibration_method_is_configurable(trained, tmp_path, method):
     from last_lite.export.__main__ import run
