@@ -1,5 +1,6 @@
 """The shipped zoo: models load by name, and a file whose hash differs is refused."""
 
+import json
 import shutil
 
 import pytest
@@ -31,7 +32,7 @@ def test_a_tampered_zoo_file_is_refused(tmp_path):
 
 
 def _with_onnx(tmp_path):
-    """A copy of the zoo whose first entry also ships a (tiny, hand-built) ONNX file."""
+    """A copy of the zoo whose first entry ships only a (tiny, hand-built) INT8 ONNX file."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -40,6 +41,10 @@ def _with_onnx(tmp_path):
     zoo = tmp_path / "zoo"
     shutil.copytree(ZOO_DIR, zoo)
     name = sorted(zoo_index(zoo))[0]
+    index = zoo_index(zoo)
+    for kind in ("onnx_fp32", "onnx_int8"):
+        index[name].pop(kind, None)
+    (zoo / "index.json").write_text(json.dumps(index))
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
