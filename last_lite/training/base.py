@@ -48,7 +48,8 @@ class PhaseModule(L.LightningModule):
     """
 
     def __init__(self, model_spec: dict, optim: dict | None = None, sched: dict | None = None,
-                 data_spec: dict | None = None, max_nonfinite_steps: int = 5):
+                 data_spec: dict | None = None, max_nonfinite_steps: int = 5,
+                 compile_features: bool = False):
         super().__init__()
         self.model_spec = dict(model_spec)
         self.model = create_model(**self.model_spec)
@@ -57,6 +58,8 @@ class PhaseModule(L.LightningModule):
         self.data_spec = dict(data_spec or {})
         self.max_nonfinite_steps = max_nonfinite_steps
         self._nonfinite_streak = 0
+        self.compile_features = bool(compile_features)
+        self._compiled_features = None
         num_classes = self.model_spec.get("num_classes", 60)
         top_k = min(5, num_classes)
         self.metrics = nn.ModuleDict({
@@ -73,6 +76,16 @@ class PhaseModule(L.LightningModule):
         raise NotImplementedError
 
     # -- shared pieces ------------------------------------------------------------------------
+    def features(self, x: torch.Tensor) -> dict:
+        """The model's ``forward_features`` for a training step; with ``compile_features`` it
+        runs through ``torch.compile``. Only the bound method is compiled, so parameter names,
+        state dicts and checkpoints are those of the plain model."""
+        if not self.compile_features:
+            return self.model.forward_features(x)
+        if self._compiled_features is None:
+            self._compiled_features = torch.compile(self.model.forward_features)
+        return self._compiled_features(x)
+
     def predict_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits; a 6-D batch (N, k, C, T, V, M) holds k temporal crops whose logits are averaged."""
         if x.dim() == 6:

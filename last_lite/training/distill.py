@@ -96,7 +96,7 @@ class DistillModule(PhaseModule):
     def model_step(self, batch):
         x, y = batch[0], batch[1]
         teacher_stages, teacher_logits = self.run_teacher(x)
-        features = self.model.forward_features(x)
+        features = self.features(x)
         logits = self.model.forward_head(features["pooled"])
         ce = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         kl = soft_label_kl(logits, teacher_logits, self.tau)

@@ -18,7 +18,7 @@ class SupervisedModule(PhaseModule):
 
     def model_step(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x, y = batch[0], batch[1]
-        features = self.model.forward_features(x)
+        features = self.features(x)
         logits = self.model.forward_head(features["pooled"])
         ce = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         terms = {"ce": ce.detach()}

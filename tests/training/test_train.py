@@ -90,3 +90,27 @@ def test_unknown_config_key_fails_before_any_work(tmp_path):
     result = run_command("train", ["trainer.max_epocs=2"], tmp_path, check=False)
     assert result.returncode != 0 and "max_epocs" in result.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_compiled_features_train_the_same_function_and_keep_the_checkpoint_names(monkeypatch):
+    import torch._inductor.config
+
+    from last_lite.training.supervised import SupervisedModule
+
+    spec = {"name": "last_lite_nano", "num_classes": 4, "layout": "ntu25"}
+    torch.manual_seed(0)
+    eager = SupervisedModule(spec)
+    torch.manual_seed(0)
+    compiled = SupervisedModule(spec, compile_features=True)
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    x, y = torch.randn(4, 3, 16, 25, 1), torch.tensor([0, 1, 2, 3])
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)  # DropPath: eager's RNG
+    for module in (eager, compiled):
+        module.train()
+        torch.manual_seed(1)
+        module.loss, _ = module.model_step((x, y))
+        module.loss.backward()
+    torch.testing.assert_close(compiled.loss, eager.loss, rtol=1e-4, atol=1e-5)
+    for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5, msg=name)
+    assert compiled._compiled_features is not None and eager._compiled_features is None
