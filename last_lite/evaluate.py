@@ -19,7 +19,7 @@ from last_lite.models.profile import count_parameters
 from last_lite.training.checkpoints import load_checkpoint
 from last_lite.training.plots import save_confusion_matrix
 from last_lite.training.records import metrics_record, write_metrics
-from last_lite.training.runner import dataset_name, print_summary
+from last_lite.training.runner import apply_thread_count, dataset_name, print_summary
 from last_lite.training.supervised import SupervisedModule
 
 
@@ -40,6 +40,7 @@ def load_for_evaluation(ckpt: str) -> tuple[SupervisedModule, dict]:
 
 def run(cfg: DictConfig) -> dict:
     started = time.time()
+    apply_thread_count(cfg)
     output_dir = Path(cfg.paths.output_dir)
     module, hparams = load_for_evaluation(cfg.ckpt)
     datamodule = instantiate(cfg.data, _convert_="all", test_clips=cfg.test_clips)

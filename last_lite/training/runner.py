@@ -103,6 +103,13 @@ def best_checkpoint(trainer: L.Trainer) -> str | None:
     return callback.best_model_path or callback.last_model_path or next(iter(last), None)
 
 
+def apply_thread_count(cfg: DictConfig) -> None:
+    """``threads=N`` sets torch's intra-op threads. On a shared or busy machine one thread per run
+    is often several times faster: OpenMP threads that wait for a busy core stall every kernel."""
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+
+
 def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str, model_key: str = "model") -> dict:
     """Fit the phase module, test the checkpoint chosen on validation, write metrics.json.
 
@@ -111,10 +118,7 @@ def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str, model_
     started = time.time()
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.get("threads"):
-        # On a shared or busy machine one intra-op thread per run is often several times faster:
-        # OpenMP threads that wait for a busy core stall every kernel.
-        torch.set_num_threads(int(cfg.threads))
+    apply_thread_count(cfg)
     L.seed_everything(cfg.seed, workers=True)
     # Built first: under DDP every rank runs this function, and only global rank zero writes files.
     trainer = build_trainer(cfg)

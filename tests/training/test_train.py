@@ -76,7 +76,7 @@ def test_evaluate_writes_metrics_and_confusion_matrix(tmp_path):
     run_command("train", ["model=last_lite_nano", "trainer.max_epochs=1", *TINY_DATA], train_dir)
     ckpt = read_metrics(train_dir)["checkpoint"]
     tiny = [o for o in TINY_DATA if o.startswith("data.")]
-    run_command("evaluate", [f"ckpt={ckpt}", *tiny], eval_dir)
+    run_command("evaluate", [f"ckpt={ckpt}", "threads=1", *tiny], eval_dir)  # same key as train's
     metrics = read_metrics(eval_dir)
     assert metrics["command"] == "evaluate"
     # The same checkpoint on the same clips gives the training run's test accuracy.
