@@ -19,7 +19,7 @@ def run(cfg: DictConfig) -> dict:
                                                           if k not in ("ckpt", "precision")])
         return DistillModule(student_spec, teacher_spec=model_spec_for(teacher_cfg, datamodule),
                              teacher_ckpt=cfg.teacher.ckpt, teacher_precision=cfg.teacher.precision,
-                             optim=dict(cfg.optim), sched=dict(cfg.sched),
+                             optim=OmegaConf.to_container(cfg.optim, resolve=True), sched=OmegaConf.to_container(cfg.sched, resolve=True),
                              data_spec=data_spec_for(datamodule), **cfg.distill, **cfg.module)
 
     return run_phase(cfg, build, command="distill", model_key="student")

@@ -36,8 +36,8 @@ def run(cfg: DictConfig) -> dict:
 
     def build(model_spec: dict, datamodule) -> MaskCLRModule:
         options = OmegaConf.to_container(cfg.pretrain, resolve=True)
-        module = MaskCLRModule(model_spec, coord_dims=datamodule.coord_dims, optim=dict(cfg.optim),
-                               sched=dict(cfg.sched), data_spec=data_spec_for(datamodule), **options)
+        module = MaskCLRModule(model_spec, coord_dims=datamodule.coord_dims, optim=OmegaConf.to_container(cfg.optim, resolve=True),
+                               sched=OmegaConf.to_container(cfg.sched, resolve=True), data_spec=data_spec_for(datamodule), **options)
         built["module"] = module
         return module
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from last_lite.training.runner import data_spec_for, run_phase
 from last_lite.training.supervised import SupervisedModule
@@ -11,7 +11,7 @@ from last_lite.training.supervised import SupervisedModule
 
 def run(cfg: DictConfig) -> dict:
     def build(model_spec: dict, datamodule) -> SupervisedModule:
-        return SupervisedModule(model_spec, optim=dict(cfg.optim), sched=dict(cfg.sched),
+        return SupervisedModule(model_spec, optim=OmegaConf.to_container(cfg.optim, resolve=True), sched=OmegaConf.to_container(cfg.sched, resolve=True),
                                 data_spec=data_spec_for(datamodule), **cfg.module)
 
     return run_phase(cfg, build, command="train")

@@ -26,9 +26,6 @@ from last_lite.data.normalize import normalize_clip
 from last_lite.data.store import SkeletonStore
 from last_lite.data.transforms import build_transform
 
-_TEST_KEYS = ("temporal", "test_crop_ratio")
-
-
 def resolve_store(source: Any, cache_dir: str | os.PathLike) -> SkeletonStore:
     """A store from a source object (``build(cache_dir)``), a store, or a store directory."""
     if isinstance(source, SkeletonStore):
@@ -60,6 +57,7 @@ class SkeletonDataset(Dataset):
         kw = dict(transform or {})
         self.temporal = kw.get("temporal", "resize")
         self.test_crop_ratio = float(kw.get("test_crop_ratio", 0.95))
+        self.spatial_norm = kw.get("spatial_norm")
         self.transform = build_transform(clip_len=self.clip_len, train=True,
                                          max_persons=self.max_persons,
                                          coord_dims=store.coord_dims, **kw) if train else None
@@ -70,7 +68,8 @@ class SkeletonDataset(Dataset):
     def clip(self, x: np.ndarray, clip_index: int = 0, num_clips: int = 1) -> np.ndarray:
         return normalize_clip(x, None, self.clip_len, self.max_persons, mode=self.temporal,
                               crop_ratio=self.test_crop_ratio, num_clips=num_clips,
-                              clip_index=clip_index)
+                              clip_index=clip_index, coord_dims=self.store.coord_dims,
+                              spatial_norm=self.spatial_norm)
 
     def __getitem__(self, k: int):
         i = int(self.indices[k])
@@ -108,20 +107,26 @@ def eval_sampler(dataset: Dataset) -> Sampler | None:
 
 class EpochShuffleSampler(Sampler[int]):
     """A permutation drawn from ``(seed, epoch)`` alone: a run resumed at an epoch boundary sees
-    the same order as an uninterrupted one (Lightning calls ``set_epoch`` every epoch)."""
+    the same order as an uninterrupted one (Lightning calls ``set_epoch`` every epoch). With
+    ``repeat = r`` an epoch visits every sample ``r`` times (CTR-GCN's NW-UCLA loader repeats its
+    training list 5 times), in one shuffled order."""
 
-    def __init__(self, num_samples: int, seed: int = 0) -> None:
+    def __init__(self, num_samples: int, seed: int = 0, repeat: int = 1) -> None:
+        if int(repeat) < 1:
+            raise ValueError(f"repeat must be >= 1, got {repeat}")
         self.num_samples, self.seed, self.epoch = int(num_samples), int(seed), 0
+        self.repeat = int(repeat)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return self.num_samples
+        return self.num_samples * self.repeat
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
+        order = torch.randperm(len(self), generator=generator)
+        return iter((order % max(self.num_samples, 1)).tolist())
 
 
 def stratified_holdout(labels: np.ndarray, indices: np.ndarray, fraction: float,
@@ -155,7 +160,7 @@ class SkeletonDataModule(L.LightningDataModule):
     ``source``: a source object (``build(cache_dir) -> SkeletonStore``), a store or a store path.
     ``split``: the store's split name (``xsub``, ``xview``, ...). ``train_transform``: kwargs of
     :func:`~last_lite.data.transforms.build_transform` (``temporal`` and ``test_crop_ratio`` also
-    set the test-time clip). ``extra_sources``: more stores whose samples all join the training
+    set the test-time clip). ``repeat``: training passes over the data per epoch. ``extra_sources``: more stores whose samples all join the training
     set (only with ``unlabelled=True``). ``on_bad_values``: ``drop`` (with a warning naming the
     samples) or ``error`` for samples holding NaN/inf.
     """
@@ -166,7 +171,7 @@ class SkeletonDataModule(L.LightningDataModule):
                  train_transform: Mapping[str, Any] | None = None, unlabelled: bool = False,
                  extra_sources: Sequence[Any] | None = None, cache_dir: str = "outputs/cache",
                  test_clips: int = 1, on_bad_values: str = "drop", pin_memory: bool = False,
-                 eval_batch_size: int | None = None) -> None:
+                 eval_batch_size: int | None = None, repeat: int = 1) -> None:
         super().__init__()
         if val_split not in ("holdout", "test", "split"):
             raise ValueError(f"val_split must be 'holdout', 'test' or 'split', got {val_split!r}")
@@ -188,6 +193,9 @@ class SkeletonDataModule(L.LightningDataModule):
         self.test_clips = int(test_clips)
         self.on_bad_values = on_bad_values
         self.pin_memory = bool(pin_memory)
+        if int(repeat) < 1:
+            raise ValueError(f"repeat must be >= 1, got {repeat}")
+        self.repeat = int(repeat)
         self.save_hyperparameters(ignore=["source", "extra_sources"])
         self._store: SkeletonStore | None = None
         self._extra: list[SkeletonStore] | None = None
@@ -267,7 +275,8 @@ class SkeletonDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset, shuffle: bool, batch_size: int,
                 drop_last: bool = False) -> DataLoader:
-        sampler = EpochShuffleSampler(len(dataset), self.seed) if shuffle else eval_sampler(dataset)
+        sampler = (EpochShuffleSampler(len(dataset), self.seed, self.repeat) if shuffle
+                   else eval_sampler(dataset))
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0)

@@ -21,8 +21,11 @@ from last_lite.models.graph import Layout, get_layout
 __all__ = [
     "pre_normalize_3d", "normalize_2d", "normalize_clip", "rotation_matrix", "angle_between",
     "valid_length", "trim_frames", "crop_resize", "resize_frames", "uniform_indices", "pad_persons",
-    "joint_mask",
+    "joint_mask", "linspace_indices", "minmax_normalize", "TEMPORAL_MODES", "SPATIAL_NORMS",
 ]
+
+TEMPORAL_MODES = ("resize", "uniform", "sample")
+SPATIAL_NORMS = (None, "none", "minmax")
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,6 +237,31 @@ def uniform_indices(valid: int, clip_len: int, num_clips: int = 1, clip_index: i
     return np.clip(np.floor(pos).astype(np.int64), 0, valid - 1)
 
 
+def linspace_indices(valid: int, clip_len: int) -> np.ndarray:
+    """CTR-GCN's NW-UCLA test sampling: ``linspace(0, valid - 1, clip_len)`` truncated to ints
+    (frames repeat when the clip is shorter than ``clip_len``)."""
+    return np.linspace(0, max(int(valid), 1) - 1, clip_len).astype(np.int64)
+
+
+def minmax_normalize(keypoints: np.ndarray, coord_dims: int = 3) -> np.ndarray:
+    """CTR-GCN's NW-UCLA normalisation: each coordinate axis of the whole clip (present joints of
+    every person and frame) mapped linearly onto [-1, 1]. It removes translation and per-axis
+    scale, so centring and isotropic scaling before it change nothing. Absent joints stay zero;
+    an axis with no extent maps to 0."""
+    x = np.array(keypoints, dtype=np.float32, copy=True)
+    present = joint_mask(x, coord_dims) > 0
+    if not present.any():
+        return x
+    coords = x[..., :coord_dims]
+    values = coords[present]
+    low, high = values.min(axis=0), values.max(axis=0)
+    extent = high - low
+    scale = np.where(extent > 0, 2.0 / np.where(extent > 0, extent, 1.0), 0.0)
+    out = (coords - low) * scale - np.where(extent > 0, 1.0, 0.0)
+    coords[...] = np.where(present[..., None], out, 0.0)
+    return x
+
+
 def pad_persons(keypoints: np.ndarray, max_persons: int) -> np.ndarray:
     """Pad with zero persons or truncate to ``max_persons`` (the first ones are kept)."""
     m = keypoints.shape[0]
@@ -248,7 +276,7 @@ def pad_persons(keypoints: np.ndarray, max_persons: int) -> np.ndarray:
 def normalize_clip(keypoints: np.ndarray, layout: "str | Layout | Mapping | None", clip_len: int,
                    max_persons: int = 2, mode: str = "resize", crop_ratio: float = 0.95,
                    num_clips: int = 1, clip_index: int = 0, prenormalize: str | None = None,
-                   coord_dims: int | None = None) -> np.ndarray:
+                   coord_dims: int | None = None, spatial_norm: str | None = None) -> np.ndarray:
     """The deterministic test-time clip: (M, T, V, C) -> (max_persons, clip_len, V, C) float32.
 
     - ``prenormalize``: None (the data is already normalised, as in a store), ``"3d"``
@@ -278,6 +306,12 @@ def normalize_clip(keypoints: np.ndarray, layout: "str | Layout | Mapping | None
         x = crop_resize(x, clip_len, start, length)
     elif mode == "uniform":
         x = x[:, uniform_indices(valid, clip_len, num_clips, clip_index)]
+    elif mode == "sample":
+        x = x[:, linspace_indices(valid, clip_len)]
     else:
-        raise ValueError(f"mode must be 'resize' or 'uniform', got {mode!r}")
+        raise ValueError(f"mode must be one of {TEMPORAL_MODES}, got {mode!r}")
+    if spatial_norm == "minmax":
+        x = minmax_normalize(x, coord_dims or 3)
+    elif spatial_norm not in (None, "none"):
+        raise ValueError(f"spatial_norm must be None or 'minmax', got {spatial_norm!r}")
     return np.ascontiguousarray(x, dtype=np.float32)

@@ -11,14 +11,16 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from last_lite.data.normalize import (center_crop_bounds, crop_resize, joint_mask, pad_persons,
-                                      trim_frames, uniform_indices)
+from last_lite.data.normalize import (TEMPORAL_MODES, center_crop_bounds, crop_resize, joint_mask,
+                                      linspace_indices, minmax_normalize, pad_persons, trim_frames,
+                                      uniform_indices)
 
 Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 __all__ = [
-    "Compose", "RandomCropResize", "CenterCropResize", "UniformSample", "RandomRotation",
-    "RandomScale", "RandomShear", "GaussianNoise", "PadPersons", "build_transform",
+    "Compose", "RandomCropResize", "CenterCropResize", "UniformSample", "RandomSample",
+    "LinspaceSample", "RandomRotation", "RandomScale", "RandomShear", "GaussianNoise",
+    "MinMaxNormalize", "PadPersons", "build_transform",
 ]
 
 
@@ -104,6 +106,35 @@ class UniformSample:
 
     def __repr__(self) -> str:
         return f"UniformSample(clip_len={self.clip_len}, random={self.random})"
+
+
+class RandomSample:
+    """CTR-GCN's NW-UCLA training sampling: ``clip_len`` frame indices drawn uniformly with
+    replacement from the valid frames, then sorted (every frame of a short clip can appear)."""
+
+    def __init__(self, clip_len: int) -> None:
+        self.clip_len = int(clip_len)
+
+    def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        x = trim_frames(x)
+        return x[:, np.sort(rng.integers(0, x.shape[1], self.clip_len))]
+
+    def __repr__(self) -> str:
+        return f"RandomSample(clip_len={self.clip_len})"
+
+
+class LinspaceSample:
+    """The deterministic counterpart of :class:`RandomSample` (CTR-GCN's NW-UCLA test clip)."""
+
+    def __init__(self, clip_len: int) -> None:
+        self.clip_len = int(clip_len)
+
+    def __call__(self, x: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        x = trim_frames(x)
+        return x[:, linspace_indices(x.shape[1], self.clip_len)]
+
+    def __repr__(self) -> str:
+        return f"LinspaceSample(clip_len={self.clip_len})"
 
 
 def _rot_x(a: float) -> np.ndarray:
@@ -192,6 +223,20 @@ class GaussianNoise:
         return f"GaussianNoise(std={self.std})"
 
 
+class MinMaxNormalize:
+    """Each coordinate axis of the clip onto [-1, 1] (:func:`minmax_normalize`); also applied at
+    test time, so it is part of what the model expects."""
+
+    def __init__(self, coord_dims: int = 3) -> None:
+        self.coord_dims = int(coord_dims)
+
+    def __call__(self, x: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        return minmax_normalize(x, self.coord_dims)
+
+    def __repr__(self) -> str:
+        return "MinMaxNormalize()"
+
+
 class PadPersons:
     """Pad with zero persons or truncate to ``max_persons``."""
 
@@ -210,14 +255,17 @@ def build_transform(clip_len: int = 64, train: bool = True, max_persons: int = 2
                     p_interval: Sequence[float] = (0.5, 1.0), min_crop_len: int | None = None,
                     test_crop_ratio: float = 0.95, rotate: float | Sequence[float] = 0.0,
                     scale: float = 0.0, shear: float = 0.0, noise_std: float = 0.0,
-                    num_clips: int = 1, clip_index: int = 0) -> Compose:
+                    num_clips: int = 1, clip_index: int = 0,
+                    spatial_norm: str | None = None) -> Compose:
     """The pipeline from config kwargs.
 
     ``temporal``: ``"resize"`` (CTR-GCN crop + linear resize; ``p_interval`` for training,
-    ``test_crop_ratio`` centre crop for testing) or ``"uniform"`` (uniform sampling). Spatial
-    augmentations (``rotate`` radians per axis, ``scale``, ``shear``, ``noise_std``; 0 = off) apply
-    only when ``train``. Persons are padded/truncated to ``max_persons`` first. The test pipeline
-    matches :func:`last_lite.data.normalize.normalize_clip` exactly.
+    ``test_crop_ratio`` centre crop for testing), ``"uniform"`` (uniform sampling) or ``"sample"``
+    (CTR-GCN's NW-UCLA loader: random with replacement, sorted, for training; linspace for
+    testing). Spatial augmentations (``rotate`` radians per axis, ``scale``, ``shear``,
+    ``noise_std``; 0 = off) apply only when ``train``; ``spatial_norm="minmax"`` then maps each axis
+    onto [-1, 1] in both pipelines. Persons are padded/truncated to ``max_persons`` first. The test
+    pipeline matches :func:`last_lite.data.normalize.normalize_clip` exactly.
     """
     ts: list[Transform] = [PadPersons(max_persons)]
     if temporal == "resize":
@@ -225,8 +273,10 @@ def build_transform(clip_len: int = 64, train: bool = True, max_persons: int = 2
                   else CenterCropResize(clip_len, test_crop_ratio, num_clips, clip_index))
     elif temporal == "uniform":
         ts.append(UniformSample(clip_len, random=train, num_clips=num_clips, clip_index=clip_index))
+    elif temporal == "sample":
+        ts.append(RandomSample(clip_len) if train else LinspaceSample(clip_len))
     else:
-        raise ValueError(f"temporal must be 'resize' or 'uniform', got {temporal!r}")
+        raise ValueError(f"temporal must be one of {TEMPORAL_MODES}, got {temporal!r}")
     if train:
         if np.any(np.asarray(rotate) > 0):
             ts.append(RandomRotation(rotate, coord_dims))
@@ -236,4 +286,8 @@ def build_transform(clip_len: int = 64, train: bool = True, max_persons: int = 2
             ts.append(RandomShear(shear, coord_dims))
         if noise_std > 0:
             ts.append(GaussianNoise(noise_std, coord_dims))
+    if spatial_norm == "minmax":
+        ts.append(MinMaxNormalize(coord_dims))
+    elif spatial_norm not in (None, "none"):
+        raise ValueError(f"spatial_norm must be null or 'minmax', got {spatial_norm!r}")
     return Compose(ts)

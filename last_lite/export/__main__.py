@@ -120,6 +120,7 @@ def normalization_meta(data_cfg: Mapping[str, Any], dm, override: str = "auto") 
     return {"prenormalize": infer_prenormalize(data_cfg, int(dm.coord_dims), override),
             "mode": str(tf.get("temporal", "resize")),
             "crop_ratio": float(tf.get("test_crop_ratio", 0.95)),
+            "spatial_norm": tf.get("spatial_norm"),
             "num_clips": int(data_cfg.get("test_clips", 1) or 1),
             "coord_dims": int(dm.coord_dims),
             "source": source_name(data_cfg)}

@@ -70,6 +70,7 @@ class ModelInfo:
     mode: str
     crop_ratio: float
     num_clips: int
+    spatial_norm: str | None
     input_name: str
     source: str | None
     raw: Mapping[str, Any]
@@ -111,7 +112,9 @@ def read_model_info(session_or_meta, input_name: str | None = None) -> ModelInfo
         coord_dims=int(norm.get("coord_dims", meta.get("coord_dims", min(in_channels, 3)))),
         prenormalize=None if pre in (None, "none") else str(pre),
         mode=str(norm.get("mode", "resize")), crop_ratio=float(norm.get("crop_ratio", 0.95)),
-        num_clips=int(norm.get("num_clips", 1)), input_name=input_name or "skeleton",
+        num_clips=int(norm.get("num_clips", 1)),
+        spatial_norm=None if norm.get("spatial_norm") in (None, "none") else str(norm["spatial_norm"]),
+        input_name=input_name or "skeleton",
         source=norm.get("source"), raw=meta)
 
 
@@ -267,7 +270,8 @@ class ActionRecognizer:
         info = self.info
         clips = [normalize_clip(x, self.layout, info.clip_len, info.max_persons, mode=info.mode,
                                 crop_ratio=info.crop_ratio, num_clips=info.num_clips, clip_index=k,
-                                prenormalize=info.prenormalize, coord_dims=info.coord_dims)
+                                prenormalize=info.prenormalize, coord_dims=info.coord_dims,
+                                spatial_norm=info.spatial_norm)
                  for k in range(info.num_clips)]
         return np.ascontiguousarray(np.stack(clips).transpose(0, 4, 2, 3, 1))
 

@@ -161,7 +161,8 @@ class PhaseModule(L.LightningModule):
         name = sched.pop("name", "cosine_warmup")
         if name in (None, "none", "constant"):
             return optimizer
-        factory: Callable = {"cosine_warmup": schedules.cosine_warmup, "sgdr": schedules.sgdr}[name]
+        factory: Callable = {"cosine_warmup": schedules.cosine_warmup, "sgdr": schedules.sgdr,
+                             "step_warmup": schedules.step_warmup}[name]
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
         scheduler = factory(optimizer, total_steps=total, steps_per_epoch=per_epoch, **sched)

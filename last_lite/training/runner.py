@@ -26,6 +26,7 @@ from last_lite.training.base import PhaseModule
 from last_lite.training.checkpoints import AtomicCheckpointIO, init_from
 from last_lite.training.plots import save_confusion_matrix
 from last_lite.training.records import metrics_record, write_metrics
+from last_lite.training.selection import EMAWeights, selection_rule
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +94,17 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
                        plugins=[AtomicCheckpointIO()])
 
 
-def best_checkpoint(trainer: L.Trainer) -> str | None:
+def chosen_checkpoint(trainer: L.Trainer, rule: str) -> str | None:
+    """The checkpoint the resolved selection rule (``best_val`` or ``last``) picks."""
     callback = trainer.checkpoint_callback
     if callback is None:
         return None
-    # without a monitored score (no validation), the last.ckpt that build_callbacks' writer keeps
-    last = [c.best_model_path for c in trainer.checkpoint_callbacks
-            if Path(c.best_model_path).name == "last.ckpt"]
-    return callback.best_model_path or callback.last_model_path or next(iter(last), None)
+    # the last.ckpt that build_callbacks' every-epoch writer keeps
+    last = next((c.best_model_path for c in trainer.checkpoint_callbacks
+                 if Path(c.best_model_path).name == "last.ckpt"), None)
+    if rule == "last":
+        return last or callback.last_model_path or callback.best_model_path or None
+    return callback.best_model_path or callback.last_model_path or last
 
 
 def apply_thread_count(cfg: DictConfig) -> None:
@@ -135,9 +139,18 @@ def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str, model_
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     if trainer.interrupted:
         raise SystemExit("training was interrupted; resume with ckpt_path=<output>/checkpoints/last.ckpt")
-    best = best_checkpoint(trainer)
+    val_indices = getattr(datamodule, "val_indices", None)
+    val_size = 0 if val_indices is None else len(val_indices)
+    rule = selection_rule(cfg.get("selection", "auto"), val_size)
+    best = chosen_checkpoint(trainer, rule)
+    ema = next((c for c in trainer.callbacks if isinstance(c, EMAWeights)), None)
+    selection = {"rule": rule, "requested": cfg.get("selection", "auto"), "val_size": val_size,
+                 "weights": "ema" if ema is not None else "raw"}
+    if ema is not None:
+        selection.update(ema_horizon_epochs=ema.horizon_epochs, ema_decay=ema.decay)
     record_extra: dict[str, Any] = {"checkpoint": best, "output_dir": str(output_dir),
-                                    "val_is_test": bool(getattr(datamodule, "val_is_test", False))}
+                                    "val_is_test": bool(getattr(datamodule, "val_is_test", False)),
+                                    "selection": selection}
     callback = trainer.checkpoint_callback
     if callback is not None and callback.best_model_score is not None:
         # e.g. best_val_top1 (Path A/B) or best_val_loss (pretraining)

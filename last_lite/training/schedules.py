@@ -23,6 +23,22 @@ def cosine_warmup(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_
     return LambdaLR(optimizer, factor)
 
 
+def step_warmup(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int,
+                warmup_epochs: float = 5, milestones: tuple[float, ...] = (50,),
+                gamma: float = 0.1) -> LambdaLR:
+    """Linear warm-up over ``warmup_epochs``, then the base rate times ``gamma`` for every
+    milestone epoch passed (CTR-GCN's schedule: 5 warm-up epochs, x0.1 at epoch 50 of 65)."""
+    warmup = int(round(warmup_epochs * steps_per_epoch))
+    bounds = sorted(int(round(m * steps_per_epoch)) for m in milestones)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return gamma ** sum(step >= b for b in bounds)
+
+    return LambdaLR(optimizer, factor)
+
+
 def sgdr(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int,
          cycle_epochs: float | None = None, cycle_mult: int = 2, cycles: int = 3,
          min_lr_ratio: float = 0.0) -> CosineAnnealingWarmRestarts:

@@ -1,0 +1,64 @@
+"""Which weights a run hands on: an exponential moving average, chosen by a rule fixed in advance.
+
+Best-on-validation needs a hold-out large enough to rank epochs: on NW-UCLA's 102 clips (one
+clip = 1 point) it picked a validation spike that cost 5 test points. The rule:
+
+- ``selection=auto`` (the default): ``best_val`` when the validation split has at least
+  ``MIN_VAL_TO_RANK`` clips, otherwise ``last``;
+- ``last``: the final weights, i.e. the EMA of the weights when :class:`EMAWeights` is on (the
+  default callback), which smooths the last epochs without looking at any held-out data;
+- ``best_val``: the checkpoint best on the validation split (of the EMA weights when it is on).
+
+Threshold: with n validation clips the standard error of an accuracy near 90% is
+``sqrt(0.09 / n)``, 3 points at n = 102 and 0.67 at n = 2,000, where differences of a point
+or two between epochs begin to be distinguishable; NTU's 10% hold-outs (4,000+ clips) pass it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.trainer.states import TrainerFn
+from torch.optim.swa_utils import get_ema_avg_fn
+
+MIN_VAL_TO_RANK = 2000
+RULES = ("auto", "last", "best_val")
+
+
+def selection_rule(rule: str, val_size: int) -> str:
+    """``auto`` resolved against the validation size: ``best_val`` or ``last``."""
+    if rule not in RULES:
+        raise ValueError(f"selection must be one of {RULES}, got {rule!r}")
+    if rule != "auto":
+        return rule
+    return "best_val" if val_size >= MIN_VAL_TO_RANK else "last"
+
+
+class EMAWeights(EMAWeightAveraging):
+    """Lightning's EMA callback with its decay set from a horizon in epochs, so one setting fits
+    a 30-epoch and a 65-epoch recipe: ``decay = 1 - 1 / (horizon_epochs * steps_per_epoch)``.
+
+    Validation runs on the averaged weights and checkpoints hold them in ``state_dict`` (the raw
+    weights travel in ``current_model_state`` for exact resumption), so evaluate, export, the zoo
+    and distillation's teacher all read the averaged model.
+    """
+
+    def __init__(self, horizon_epochs: float = 2.0, **kwargs: Any) -> None:
+        if horizon_epochs <= 0:
+            raise ValueError(f"horizon_epochs must be > 0, got {horizon_epochs}")
+        super().__init__(**kwargs)
+        self.horizon_epochs = float(horizon_epochs)
+        self.decay: float | None = None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        steps = max(1, int(trainer.estimated_stepping_batches))
+        steps_per_epoch = steps / max(1, int(trainer.max_epochs or 1))
+        self.decay = 1.0 - 1.0 / max(1.0, self.horizon_epochs * steps_per_epoch)
+        self._average_model.avg_fn = get_ema_avg_fn(self.decay)
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        # Lightning's callback would load the raw weights into the model when a fitted trainer
+        # tests a checkpoint; outside fitting, the checkpoint's state_dict (the average) is wanted.
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
