@@ -16,25 +16,20 @@ from omegaconf import DictConfig
 
 from last_lite.io import atomic_write_json
 from last_lite.models.profile import count_parameters
-from last_lite.training.checkpoints import load_checkpoint
+from last_lite.training.base import ClassifierPhase
+from last_lite.training.checkpoints import load_trained_model
 from last_lite.training.plots import save_confusion_matrix
 from last_lite.training.records import metrics_record, write_metrics
 from last_lite.training.runner import apply_thread_count, dataset_name, print_summary
-from last_lite.training.supervised import SupervisedModule
 
 
-def load_for_evaluation(ckpt: str) -> tuple[SupervisedModule, dict]:
-    """The network of any phase's checkpoint, wrapped for testing, and the checkpoint's hparams."""
-    checkpoint = load_checkpoint(ckpt)
-    hparams = checkpoint.get("hyper_parameters") or {}
-    if "model_spec" not in hparams:
-        raise ValueError(f"{ckpt} has no model_spec: it was not written by a last_lite command")
-    module = SupervisedModule(hparams["model_spec"])
-    weights = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-    module.load_state_dict(weights, strict=False)
-    missing = [k for k in module.model.state_dict() if f"model.{k}" not in weights]
-    if missing:
-        raise ValueError(f"{ckpt} lacks weights for {missing[:8]}")
+def load_for_evaluation(ckpt: str) -> tuple[ClassifierPhase, dict]:
+    """The network of any phase's checkpoint in a classifier phase (test metrics), and the
+    checkpoint's hparams."""
+    model, checkpoint = load_trained_model(ckpt)
+    hparams = checkpoint["hyper_parameters"]
+    module = ClassifierPhase(hparams["model_spec"])
+    module.model.load_state_dict(model.state_dict())
     return module, hparams
 
 

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from last_lite.data.datamodule import SkeletonDataset
 from last_lite.io import atomic_write_text
 from last_lite.models.profile import count_parameters
-from last_lite.models.registry import create_model
+from last_lite.models.registry import build_model
 from last_lite.training.checkpoints import HEAD_PREFIXES, init_from
 from last_lite.training.linear_probe import extract_features, fit_linear_probe, probe_accuracy
 from last_lite.training.maskclr import HEAD_MODULES
@@ -61,7 +61,7 @@ def run(cfg: DictConfig) -> dict:
         raise ValueError("the linear probe needs labels: set data.unlabelled=false")
     dm.prepare_data()
     dm.setup("fit")
-    model = create_model(**model_spec_for(cfg.model, dm))
+    model = build_model(model_spec_for(cfg.model, dm))
     loaded = None
     if cfg.get("encoder"):
         report = init_from(model, cfg.encoder)

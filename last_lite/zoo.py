@@ -53,11 +53,11 @@ def load_zoo_model(name: str, zoo_dir: Path = ZOO_DIR) -> tuple[nn.Module, dict]
     """The model ``name`` in eval mode and its index entry; refuses a file whose hash differs."""
     from safetensors.torch import load_file
 
-    from last_lite.models.registry import create_model
+    from last_lite.models.registry import build_model
 
     entry = _entry(name, zoo_dir)
     path = _verified(zoo_dir, entry)
-    model = create_model(**entry["model_spec"])
+    model = build_model(entry["model_spec"])
     model.load_state_dict(load_file(str(path)))
     return model.eval(), entry
 

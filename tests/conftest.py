@@ -51,3 +51,14 @@ def tiny_teacher_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("teacher")
     run_command("train", ["model=last_e_v3_nano", "trainer.max_epochs=2", *TINY_DATA], run_dir)
     return run_dir
+
+
+def data_group(name: str):
+    """``conf/data/<name>.yaml`` as the commands see it (its defaults list merged in, e.g. the
+    shared keys of ``_base.yaml``), unresolved: interpolations like ``${paths.cache_dir}`` stay."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=[f"data={name}"]).data

@@ -28,6 +28,8 @@ import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from last_lite.io import atomic_write
+from last_lite.models.registry import average_clips
+from last_lite.runtime.session import ort_session, session_logits  # noqa: F401  (ort_session: re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -426,41 +428,12 @@ def export_onnx(model: nn.Module, path: str | Path, *, clip_len: int, max_person
 # ------------------------------------------------------------------------------------------------
 # ONNX Runtime
 # ------------------------------------------------------------------------------------------------
-def ort_session(path: str | Path, threads: int | None = None, optimization: str = "all"):
-    """A CPU InferenceSession; ``threads`` sets intra-op threads (None: ORT's default)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = {
-        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[optimization]
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-
-
 def ort_logits(session, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Logits for ``x`` (N, C, T, V, M) or (N, k, C, T, V, M) (k clips, logits averaged)."""
-    x = np.asarray(x, dtype=np.float32)
-    clips = None
-    if x.ndim == 6:
-        n, clips = x.shape[:2]
-        x = x.reshape(n * clips, *x.shape[2:])
-    name = session.get_inputs()[0].name
-    out = np.concatenate([session.run(None, {name: x[i:i + batch_size]})[0]
-                          for i in range(0, len(x), batch_size)]) if len(x) else np.zeros((0, 0), np.float32)
-    if clips is not None:
-        out = out.reshape(-1, clips, out.shape[-1]).mean(axis=1)
-    return out
+    return session_logits(session, x, batch_size)
 
 
 def torch_logits(model: nn.Module, x: np.ndarray | torch.Tensor) -> np.ndarray:
     x = torch.as_tensor(np.asarray(x, dtype=np.float32))
     with torch.no_grad():
-        if x.dim() == 6:
-            n, k = x.shape[:2]
-            return model(x.flatten(0, 1)).view(n, k, -1).mean(dim=1).numpy()
-        return model(x).numpy()
+        return average_clips(model, x).numpy()

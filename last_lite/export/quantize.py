@@ -233,17 +233,12 @@ def optimized_op_counts(path: str | Path, threads: int = 1) -> dict[str, int]:
     (e.g. ``QLinearConv`` where DQ -> Conv -> Q was fused into an integer convolution)."""
     import tempfile
 
-    import onnxruntime as ort
-
     from last_lite.export.onnx import op_counts
+    from last_lite.runtime.session import ort_session
 
     with tempfile.TemporaryDirectory() as tmp:
         opt = Path(tmp) / "optimized.onnx"
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads)
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.optimized_model_filepath = str(opt)
-        ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        ort_session(path, threads=int(threads), optimized_path=opt)
         return op_counts(opt)
 
 

@@ -222,16 +222,9 @@ class EngineRunner:
         return out
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        clips = None
-        if x.ndim == 6:
-            n, clips = x.shape[:2]
-            x = x.reshape(n * clips, *x.shape[2:])
-        out = np.concatenate([self.run_batch(x[i:i + self.max_batch])
-                              for i in range(0, len(x), self.max_batch)])
-        if clips is not None:
-            out = out.reshape(-1, clips, out.shape[-1]).mean(axis=1)
-        return out
+        from last_lite.runtime.session import clip_logits
+
+        return clip_logits(self.run_batch, x, self.max_batch)
 
     def latency(self, x: np.ndarray, warmup: int = 20, repeats: int = 100) -> dict[str, float]:
         for _ in range(warmup):

@@ -1,4 +1,4 @@
-"""Building blocks of the LAST family (see shared/design/models.md).
+"""Building blocks of the LAST family (see docs/models.md).
 
 Graph products are plain matmuls over the joint axis (no einsum) so they export to ONNX,
 TensorRT and TFLite without special cases.

@@ -31,7 +31,6 @@ subsets, so ``norm_hops`` defaults to 10. The aggregation is a broadcast matmul 
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
@@ -294,6 +293,13 @@ class EfficientGCN(nn.Module):
             width = out
         self.main_stream = nn.ModuleList(main)
         self.num_features = width
+        # timm-style stage taps (the fused input branches, then each main-stream block)
+        reduction = int(np.prod([r[1] for r in rows[:fusion_stage]]))
+        self.feature_info = [dict(num_chs=3 * self.branches[0].out_channels, reduction=reduction, module="branches")]
+        for i, (out, stride, _) in enumerate(rows[fusion_stage:]):
+            reduction *= int(stride)
+            self.feature_info.append(dict(num_chs=out, reduction=reduction, module=f"main_stream.{i}"))
+        self.stage_channels = tuple(f["num_chs"] for f in self.feature_info)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(width, num_classes)
         self.reset_parameters()
@@ -324,8 +330,9 @@ class EfficientGCN(nn.Module):
         pooled = pooled.reshape(-1, persons, pooled.shape[1]).mean(dim=1)
         return {"stages": tuple(stages), "pooled": pooled}
 
-    def forward_head(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(pooled))
+    def forward_head(self, pooled: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        h = self.dropout(pooled)
+        return h if pre_logits else self.classifier(h)
 
     def auxiliary_loss(self, pooled: torch.Tensor) -> None:
         """EfficientGCN trains with the classification loss only."""

@@ -64,6 +64,9 @@ class LASTNet(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(width, num_classes)
         self.num_features = width
+        # timm-style stage taps: channels, temporal reduction and module name of each stage output
+        self.feature_info = [dict(num_chs=c, reduction=int(np.prod(STAGE_STRIDES[:i + 1])), module=f"stages.{i}")
+                             for i, c in enumerate(channels)]
         init_weights(self)
 
     def fold_persons(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -90,8 +93,9 @@ class LASTNet(nn.Module):
         pooled = pooled.view(-1, persons, pooled.shape[1]).mean(dim=1)
         return {"stages": tuple(stage_outputs), "pooled": pooled}
 
-    def forward_head(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.norm(pooled)))
+    def forward_head(self, pooled: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        h = self.dropout(self.norm(pooled))
+        return h if pre_logits else self.classifier(h)
 
     def auxiliary_loss(self, pooled: torch.Tensor) -> torch.Tensor | None:
         """The IB term while training (None in eval mode or without IB)."""

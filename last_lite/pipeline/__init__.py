@@ -1,4 +1,4 @@
-"""The decision tree of shared/seed/06 as one resumable command:
+"""The decision tree (docs/architecture.md, "The decision tree") as one resumable command:
 ``python -m last_lite.pipeline data=nw_ucla experiment=nw_ucla hydra.run.dir=outputs/pipeline/nw_ucla``.
 
 - :mod:`last_lite.pipeline.tree`: the rules (teacher gate, Path C, checkpoint choice) and the stages;

@@ -44,14 +44,14 @@ def profile_stage(state: PipelineState, runner: StageRunner, stage: str) -> dict
         return None
     try:
         from last_lite.models.profile import profile_model
-        from last_lite.models.registry import create_model
+        from last_lite.models.registry import build_model
         from last_lite.training.checkpoints import load_checkpoint
 
         hparams = load_checkpoint(ckpt).get("hyper_parameters") or {}
         spec = dict(hparams["model_spec"])
         data = hparams.get("data_spec") or {}
         frames, persons = int(data.get("clip_len", 64)), int(data.get("max_persons", 2))
-        prof = profile_model(create_model(**spec), frames=frames, persons=persons)
+        prof = profile_model(build_model(spec), frames=frames, persons=persons)
     except Exception as exc:  # a report without FLOPs beats no report
         log.warning("FLOPs of %s not measured: %s", stage, exc)
         return None

@@ -1,4 +1,4 @@
-"""The decision tree of shared/seed/06_distillation_and_pretraining.md as stages and rules.
+"""The decision tree (docs/architecture.md, "The decision tree") as stages and rules.
 
     Path A  train the teacher (LAST-E v3 base)      -> gate: validation top-1 above the threshold?
             train the reference (EfficientGCN-B0)   (or take a published accuracy)
@@ -13,10 +13,10 @@ The rules are pure functions of the stages' metrics.json records and the thresho
 Which accuracy decides:
 
 - the teacher gate uses the teacher's **validation** top-1 (``best_val_top1``, the score of the
-  checkpoint chosen on validation), as the design note says ("> 75% val");
+  checkpoint chosen on validation), as the project's plan says ("> 75% val");
 - the student-vs-reference rule uses **test** top-1 (``top1``): the reference is a test-split
   number (a published accuracy always is, and a trained reference is then compared like with
-  like), and the design note states its targets (88%, 85%) as test accuracies. The test split
+  like), and the project's plan states its targets (88%, 85%) as test accuracies. The test split
   only decides whether Path C is *tried*; which checkpoint is deployed is chosen on validation.
 """
 
@@ -36,10 +36,10 @@ DIGITS = 6  # accuracies are compared after rounding (float32 metrics: 0.85 is 0
 
 ACCURACY_CHOICE = (
     "Teacher gate: validation top-1 (best_val_top1 of the teacher's metrics.json, the score of "
-    "the checkpoint chosen on validation), as the design note's '> 75% val'. Student vs "
+    "the checkpoint chosen on validation), as the project plan's '> 75% val'. Student vs "
     "reference: test top-1 (top1 of the metrics.json), because the reference accuracy is a "
     "test-split number (a published accuracy always is; a trained reference is then compared "
-    "like with like) and the design note states its targets (88%, 85%) as test accuracies. The "
+    "like with like) and the project's plan states its targets (88%, 85%) as test accuracies. The "
     "test split only decides whether Path C is tried; the deployed checkpoint of each student is "
     "chosen on validation (best_val_top1), never on test.")
 
@@ -212,11 +212,11 @@ class Tree:
     def distill_stage(self, student: str, init_from: str | None = None) -> Stage:
         s = self.p.students[student]
         t = self.p.teacher
-        teacher_group = (f"teacher={t.model}" if (CONF_DIR / "teacher" / f"{t.model}.yaml").is_file()
+        teacher_group = (f"model@teacher={t.model}" if (CONF_DIR / "model" / f"{t.model}.yaml").is_file()
                          else f"teacher.name={t.model}")
         overrides = [teacher_group, f"teacher.ckpt={self.runner.output('teacher', 'checkpoint')}",
                      *_retarget(_list(t.overrides), "model", "teacher"),
-                     f"student={student}", f"distill={s.distill}", *self.common(), *_list(s.get("overrides"))]
+                     f"model@student={student}", f"distill={s.distill}", *self.common(), *_list(s.get("overrides"))]
         name, inputs = f"distill_{student}", ["teacher"]
         if init_from is not None:
             overrides.append(f"init_from={init_from}")

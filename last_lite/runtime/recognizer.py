@@ -22,6 +22,7 @@ import numpy as np
 
 from last_lite.data.normalize import normalize_clip
 from last_lite.models.graph import get_layout
+from last_lite.runtime.session import ort_session
 
 __all__ = ["ActionRecognizer", "ModelInfo", "Prediction", "as_frame", "read_model_info"]
 
@@ -181,16 +182,8 @@ class ActionRecognizer:
     def __init__(self, model_path: str | Path, window: int | None = None, stride: int | None = None,
                  min_frames: int | None = None, threads: int | None = None,
                  providers: Sequence[str] | None = None) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-            opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
         self.model_path = Path(model_path)
-        self.session = ort.InferenceSession(str(model_path), sess_options=opts,
-                                            providers=list(providers or ["CPUExecutionProvider"]))
+        self.session = ort_session(model_path, threads=threads, providers=providers, quiet=True)
         self.info = read_model_info(self.session)
         self.layout = get_layout(self.info.layout)
         self.window = int(window or self.info.clip_len)

@@ -89,3 +89,23 @@ def init_from(model: nn.Module, path: str | Path, strict_backbone: bool = True) 
              len(report["skipped"]), ", ".join(report["skipped"][:6]) or "-", len(new),
              ", ".join(new[:6]) or "-")
     return report
+
+
+def load_trained_model(path: str | Path) -> tuple[nn.Module, dict]:
+    """(network in eval mode, the checkpoint dict) from any phase's checkpoint: the
+    network rebuilt from ``model_spec`` and its weights (``model.`` keys) loaded strictly. The one
+    checkpoint -> model step of evaluate, export and the pipeline's profile."""
+    from last_lite.models.registry import build_model
+
+    checkpoint = load_checkpoint(path)
+    hparams = checkpoint.get("hyper_parameters") or {}
+    if not hparams.get("model_spec"):
+        raise ValueError(f"{path} has no hyper_parameters.model_spec: it was not written by a last_lite command")
+    model = build_model(hparams["model_spec"])
+    weights = {k[len("model."):]: v for k, v in (checkpoint.get("state_dict") or {}).items()
+               if k.startswith("model.")}
+    missing = [k for k in model.state_dict() if k not in weights]
+    if missing:
+        raise ValueError(f"{path} lacks weights for {missing[:8]}")
+    model.load_state_dict(weights, strict=True)
+    return model.eval(), checkpoint

@@ -16,8 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
-from last_lite.models.registry import create_model
-from last_lite.training.base import PhaseModule
+from last_lite.models.registry import build_model
+from last_lite.training.base import ClassifierPhase
 from last_lite.training.checkpoints import load_model_weights
 from last_lite.training.losses import feature_mimicry, soft_label_kl
 
@@ -27,7 +27,7 @@ def load_frozen_teacher(teacher_spec: dict, ckpt: str) -> nn.Module:
     # Built on a forked RNG: the teacher's (overwritten) init must not shift the student's
     # shuffles and dropout, so alpha=1, gamma=0 reproduces Path A exactly.
     with torch.random.fork_rng():
-        teacher = create_model(**teacher_spec)
+        teacher = build_model(teacher_spec)
     weights = load_model_weights(ckpt)
     expected = teacher.state_dict()
     missing = sorted(set(expected) - set(weights))
@@ -54,7 +54,7 @@ def load_frozen_teacher(teacher_spec: dict, ckpt: str) -> nn.Module:
 TEACHER_PRECISIONS = ("32", "bf16")
 
 
-class DistillModule(PhaseModule):
+class DistillModule(ClassifierPhase):
     def __init__(self, model_spec: dict, teacher_spec: dict, teacher_ckpt: str, alpha: float = 0.5,
                  beta: float | None = None, tau: float = 4.0, gamma: float = 0.1,
                  label_smoothing: float = 0.1, aux_weight: float = 0.01, teacher_precision: str = "32",

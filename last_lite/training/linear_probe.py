@@ -15,6 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from last_lite.models.registry import average_clips
+
 log = logging.getLogger(__name__)
 
 
@@ -32,11 +34,7 @@ def extract_features(model: nn.Module, loader: DataLoader, device: torch.device 
     for batch in loader:
         x, y = batch[0], batch[1]
         x = x.to(device, non_blocking=True)
-        if x.dim() == 6:
-            n, k = x.shape[:2]
-            f = model.forward_features(x.flatten(0, 1))["pooled"].view(n, k, -1).mean(dim=1)
-        else:
-            f = model.forward_features(x)["pooled"]
+        f = average_clips(lambda clips: model.forward_features(clips)["pooled"], x)
         feats.append(f.float().cpu())
         labels.append(y.cpu())
     model.train(was_training)

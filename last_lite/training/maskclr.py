@@ -1,8 +1,7 @@
 """Path C: MaskCLR self-supervised pretraining of the student's encoder (no labels).
 
-"MaskCLR" here is the design note's recipe (shared/seed/06_distillation_and_pretraining.md,
-Part 2): masked reconstruction of skeleton joints plus a SimCLR-style contrastive loss between
-two augmented views. It is NOT the CVPR 2024 method of the same name (attention-guided
+"MaskCLR" here is this project's recipe (Path C, docs/architecture.md): masked reconstruction
+of skeleton joints plus a SimCLR-style contrastive loss between two augmented views. It is NOT the CVPR 2024 method of the same name (attention-guided
 contrastive learning for skeleton transformers); only the name is shared.
 
 One training step, for a batch of clips ``x`` (N, C, T, V, M):
@@ -269,7 +268,7 @@ class MaskCLRModule(PhaseModule):
         losses = self.compute_losses(self._clips(batch))
         return losses["loss"], {"recon": losses["recon"].detach(), "clr": losses["clr"].detach()}
 
-    # -- validation and test: the same losses, no labels ---------------------------------------
+    # -- validation and test: the same losses, no labels (no classifier metrics) ----------------
     def _reset_eval_generator(self) -> None:
         self._eval_generator = torch.Generator().manual_seed(self.val_seed)
 
@@ -290,5 +289,8 @@ class MaskCLRModule(PhaseModule):
             self.log(f"{stage}/{name}", value, batch_size=x.shape[0], sync_dist=True,
                      prog_bar=name == "loss")
 
-    def test_results(self) -> dict[str, Any]:
-        return {"per_class_accuracy": None, "confusion_matrix": None}
+    def validation_step(self, batch, batch_idx):
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._evaluate(batch, "test")

@@ -15,14 +15,13 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
 from last_lite.io import atomic_write_text
 from last_lite.models.profile import count_parameters
-from last_lite.training.base import PhaseModule
+from last_lite.training.base import ClassifierPhase, PhaseModule
 from last_lite.training.checkpoints import AtomicCheckpointIO, init_from
 from last_lite.training.plots import save_confusion_matrix
 from last_lite.training.records import metrics_record, write_metrics
@@ -34,9 +33,9 @@ ModuleFactory = Callable[[dict, Any], PhaseModule]
 
 
 def model_spec_for(model_cfg: DictConfig, datamodule) -> dict:
-    """``create_model`` keyword arguments: the model group plus the data's classes and layout."""
+    """The network's spec: the model config (``_target_`` and its arguments, built by
+    :func:`~last_lite.models.registry.build_model`) plus the data's classes, layout and channels."""
     spec = OmegaConf.to_container(model_cfg, resolve=True)
-    spec.pop("_target_", None)
     spec.update(num_classes=datamodule.num_classes, layout=datamodule.layout,
                 in_channels=datamodule.in_channels)
     return spec
@@ -58,34 +57,9 @@ def data_spec_for(datamodule) -> dict:
 
 
 def build_callbacks(cfg: DictConfig) -> list:
-    """The configured callbacks, with two repairs to a ModelCheckpoint that resumption relies on.
-
-    - ``save_last`` with a ``monitor``: Lightning 2.6 rewrites ``last.ckpt`` only at epochs where
-      the monitored metric improved, so a separate unmonitored ModelCheckpoint writes
-      ``last.ckpt`` at every epoch end (the file to resume from).
-    - ``every_n_train_steps``: Lightning would stop the epoch-end checkpoints; they stay, and a
-      separate ModelCheckpoint writes ``step.ckpt`` every N training steps.
-    """
-    callbacks = []
-    for c in (cfg.get("callbacks") or {}).values():
-        if c is None:
-            continue
-        if not str(c.get("_target_", "")).endswith("ModelCheckpoint"):
-            callbacks.append(instantiate(c))
-            continue
-        kwargs = OmegaConf.to_container(c, resolve=True)
-        steps = kwargs.pop("every_n_train_steps", None)
-        separate_last = bool(kwargs.get("monitor")) and kwargs.get("save_last") is True
-        if separate_last:
-            kwargs["save_last"] = False
-        callbacks.append(instantiate(kwargs))
-        extra = {"dirpath": kwargs.get("dirpath"), "monitor": None, "save_top_k": 1,
-                 "enable_version_counter": False}
-        if separate_last:
-            callbacks.append(ModelCheckpoint(filename="last", **extra))
-        if steps:
-            callbacks.append(ModelCheckpoint(filename="step", every_n_train_steps=int(steps), **extra))
-    return callbacks
+    """The callbacks ``cfg.callbacks`` lists (conf/callbacks/default.yaml), nothing else; a null
+    entry (``~callbacks.x`` or ``callbacks.x=null``) is left out."""
+    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
@@ -99,7 +73,7 @@ def chosen_checkpoint(trainer: L.Trainer, rule: str) -> str | None:
     callback = trainer.checkpoint_callback
     if callback is None:
         return None
-    # the last.ckpt that build_callbacks' every-epoch writer keeps
+    # the last.ckpt of the every-epoch writer (callbacks.last_checkpoint)
     last = next((c.best_model_path for c in trainer.checkpoint_callbacks
                  if Path(c.best_model_path).name == "last.ckpt"), None)
     if rule == "last":
@@ -157,7 +131,7 @@ def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str, model_
         record_extra[f"best_{str(callback.monitor).replace('/', '_')}"] = float(callback.best_model_score)
 
     top1 = top5 = per_class = None
-    if cfg.get("test_after_fit", True):
+    if cfg.get("test_after_fit", True) and isinstance(module, ClassifierPhase):
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=True,
                                verbose=False)[0]
         top1, top5 = results.get("test/top1"), results.get("test/top5")

@@ -51,3 +51,8 @@ def sgdr(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: in
     base_lr = optimizer.param_groups[0]["lr"]
     return CosineAnnealingWarmRestarts(optimizer, T_0=max(1, int(round(first))), T_mult=cycle_mult,
                                        eta_min=base_lr * min_lr_ratio)
+
+
+def constant(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int) -> LambdaLR:
+    """The base rate at every step."""
+    return LambdaLR(optimizer, lambda step: 1.0)

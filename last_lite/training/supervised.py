@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from last_lite.training.base import PhaseModule
+from last_lite.training.base import ClassifierPhase
 
 
-class SupervisedModule(PhaseModule):
+class SupervisedModule(ClassifierPhase):
     def __init__(self, model_spec: dict, label_smoothing: float = 0.1, aux_weight: float = 0.01,
                  **kwargs):
         super().__init__(model_spec, **kwargs)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import data_group
 from last_lite.data.datamodule import SkeletonDataModule, stratified_holdout
 from last_lite.data.normalize import normalize_clip
 from last_lite.data.sources.synthetic import SyntheticSource
@@ -149,7 +150,7 @@ def test_hydra_config(tmp_path, cache):
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.create({"paths": {"cache_dir": str(cache), "data_dir": str(tmp_path)},
-                            "data": OmegaConf.load(ROOT / "conf" / "data" / "synthetic.yaml")})
+                            "data": data_group("synthetic")})
     cfg.data.source.update(SMALL)
     cfg.data.clip_len = 16
     dm = instantiate(cfg.data)
@@ -158,7 +159,7 @@ def test_hydra_config(tmp_path, cache):
     assert x.shape == (16, 3, 16, 25, 2)
     for name in ("nw_ucla", "ntu60_xsub", "ntu60_xview", "ntu120_xsub", "ntu120_xset", "custom"):
         c = OmegaConf.create({"paths": {"cache_dir": "c", "data_dir": "d"},
-                              "data": OmegaConf.load(ROOT / "conf" / "data" / f"{name}.yaml")})
+                              "data": data_group(name)})
         assert c.data._target_.endswith("SkeletonDataModule")
         OmegaConf.resolve(c)
         if name.startswith("ntu"):

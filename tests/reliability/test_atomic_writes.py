@@ -25,7 +25,7 @@ from reliability_support import REPO, env_for_subprocess
 
 from last_lite.data.store import SkeletonStore, StoreWriter, open_store_if_valid
 from last_lite.training.checkpoints import AtomicCheckpointIO, load_checkpoint
-from last_lite.training.runner import best_checkpoint, build_callbacks, build_trainer
+from last_lite.training.runner import build_callbacks, build_trainer, chosen_checkpoint
 
 
 # ------------------------------------------------------------------------------------------------
@@ -114,10 +114,11 @@ def test_sigkill_during_checkpoint_writes_never_leaves_a_truncated_checkpoint(tm
                for p in tmp_path.iterdir())
 
 
-def _callbacks_cfg(dirpath: Path, **overrides) -> OmegaConf:
+def _callbacks_cfg(dirpath: Path, every_n_train_steps: int = 0) -> OmegaConf:
     cfg = OmegaConf.load(REPO / "conf" / "callbacks" / "default.yaml")
-    cfg.model_checkpoint.dirpath = str(dirpath)
-    cfg.model_checkpoint.update(overrides)
+    for name in ("model_checkpoint", "last_checkpoint", "step_checkpoint"):
+        cfg[name].dirpath = str(dirpath)
+    cfg.step_checkpoint.every_n_train_steps = every_n_train_steps
     del cfg["rich_progress_bar"], cfg["learning_rate_monitor"]
     return OmegaConf.create({"callbacks": cfg})
 
@@ -141,7 +142,7 @@ class _Decaying(L.LightningModule):
 
 def test_last_ckpt_is_written_every_epoch_even_when_the_monitored_metric_gets_worse(tmp_path):
     """Lightning 2.6 rewrites a monitoring callback's last.ckpt only when the metric improved;
-    build_callbacks adds an unmonitored callback, so last.ckpt is the newest epoch (to resume)."""
+    the configured unmonitored last_checkpoint writes it, so last.ckpt is the newest epoch (to resume)."""
     cfg = _callbacks_cfg(tmp_path / "ckpt", every_n_train_steps=2)
     callbacks = build_callbacks(cfg)
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(12, 2)), batch_size=4)
@@ -161,8 +162,8 @@ def test_without_validation_the_run_is_tested_on_its_last_checkpoint(tmp_path):
     trainer = L.Trainer(max_epochs=2, callbacks=callbacks, logger=False, enable_progress_bar=False,
                         enable_model_summary=False)
     trainer.fit(_Decaying(), train_dataloaders=data)  # no val loader: nothing to monitor
-    assert best_checkpoint(trainer) == str(tmp_path / "ckpt" / "last.ckpt")
-    assert load_checkpoint(best_checkpoint(trainer))["epoch"] == 1
+    assert chosen_checkpoint(trainer, "best_val") == str(tmp_path / "ckpt" / "last.ckpt")
+    assert load_checkpoint(chosen_checkpoint(trainer, "best_val"))["epoch"] == 1
 
 
 def test_the_configured_trainer_writes_checkpoints_with_atomic_io(tmp_path):

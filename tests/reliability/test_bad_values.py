@@ -13,7 +13,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from reliability_support import REPO
+from conftest import data_group
 
 BAD = {"clips/nan_train": np.nan, "clips/inf_test": np.inf}
 
@@ -44,7 +44,7 @@ def _custom_folder(root):
 
 def _datamodule(tmp_path, mode: str):
     cfg = OmegaConf.create({"paths": {"data_dir": str(tmp_path), "cache_dir": str(tmp_path / "cache")},
-                            "data": OmegaConf.load(REPO / "conf" / "data" / "custom.yaml")})
+                            "data": data_group("custom")})
     cfg.data.update({"on_bad_values": mode, "clip_len": 8, "batch_size": 4, "val_fraction": 0.2})
     return instantiate(cfg.data, _convert_="all")
 
