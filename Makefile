@@ -9,7 +9,7 @@ BACKEND ?= onnx_int8
 DATA    ?= synthetic
 RUN     ?= outputs/pipeline/$(DATA)
 
-.PHONY: install test demo export pipeline clean
+.PHONY: install lint test demo export pipeline clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,11 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-test: install
+# ruff's lint (pyproject.toml [tool.ruff]) is part of the test command, so CI (.ci/run) runs it.
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: install lint
 	$(PY) -m pytest -q
 
 # A short Path A run on the embedded synthetic set, then its evaluation (a few minutes on 2 cores).

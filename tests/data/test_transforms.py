@@ -97,8 +97,8 @@ def test_pre_normalize_geometry_and_zeros():
     out = pre_normalize_3d(x, "ntu25")
     lay = get_layout("ntu25")
     np.testing.assert_allclose(out[0, 0, lay.norm_center], 0, atol=1e-6)
-    r, l = lay.norm_xaxis
-    sh = out[0, 0, r] - out[0, 0, l]
+    right, left = lay.norm_xaxis
+    sh = out[0, 0, right] - out[0, 0, left]
     assert sh[0] > 0 and np.allclose(sh[1:], 0, atol=1e-5)         # shoulders along +x
     b, t = lay.norm_zaxis
     spine = out[0, 0, t] - out[0, 0, b]

@@ -174,7 +174,7 @@ def test_report_numbers_equal_the_stages_metrics_files(finished):
     run_dir, report = finished["dir"], finished["third"]
     rows = {r["stage"]: r for r in report["models"]}
     assert {"teacher", "reference", B} <= set(rows)
-    for stage, row in rows.items():
+    for row in rows.values():
         m = json.loads((run_dir / row["metrics_file"]).read_text())
         assert (row["params"], row["test_top1"], row["val_top1"], row["test_top5"]) == \
             (m["params"], m["top1"], m["best_val_top1"], m["top5"])

@@ -1,6 +1,5 @@
 """The linear probe: cached features, the linear classifier and the Hydra entry."""
 
-import pytest
 import torch
 
 from conftest import read_metrics, run_command

@@ -302,7 +302,6 @@ def _squat(m, tl, rng, cfg) -> None:
 
 
 def _sit(m, tl, rng, cfg) -> None:
-    b = m.body
     down = tl.hold(tl.s0, ramp=rng.uniform(0.3, 0.5))
     lean_peak = np.exp(-((tl.u - (tl.s0 + 0.2)) / 0.12) ** 2)
     m.pelvis[:, 1] -= 0.42 * down
