@@ -5,7 +5,7 @@
 
 Rows:
 
-- ``parse``: :func:`last_lite.data.ntu.read_skeleton` on the genuine files in
+- ``parse``: :func:`last_lite.data.ntu_skeleton.read_skeleton` on the genuine files in
   ``../shared/data/ntu/raw`` (+ ``raw_crlf``), repeated (one core; files/s, MB/s);
 - ``parse+denoise+normalize``: the per-file work of ``last_lite.prepare`` on the same files;
 - ``prepare``: ``run_prepare`` (all workers, shards, merge, store) on synthetic raw files written
@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from last_lite.data.normalize import pre_normalize_3d  # noqa: E402
-from last_lite.data.ntu import denoise, format_skeleton, read_skeleton  # noqa: E402
+from last_lite.data.ntu_skeleton import denoise, format_skeleton, read_skeleton  # noqa: E402
 
 NTU = REPO.parent / "shared" / "data" / "ntu"
 NTU60_FILES = 56_880

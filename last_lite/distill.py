@@ -16,7 +16,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from last_lite.training.distill import DistillModule
+from last_lite.training.distillation import DistillModule
 from last_lite.training.runner import data_spec_for, model_spec_for, run_phase
 
 

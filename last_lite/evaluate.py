@@ -18,7 +18,7 @@ from last_lite.io import atomic_write_json
 from last_lite.models.profile import count_parameters
 from last_lite.training.base import ClassifierPhase
 from last_lite.training.checkpoints import load_trained_model
-from last_lite.training.plots import save_confusion_matrix
+from last_lite.training.confusion import save_confusion_matrix
 from last_lite.training.records import metrics_record, write_metrics
 from last_lite.training.runner import apply_thread_count, dataset_name, print_summary
 

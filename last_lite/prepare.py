@@ -3,8 +3,8 @@
     python -m last_lite.prepare dataset=ntu60 raw_dir=/data/nturgb+d_skeletons out_dir=data/ntu60
     python -m last_lite.prepare dataset=ntu120 'raw_dir=[/data/s001_s017,/data/s018_s032]' out_dir=data/ntu120
 
-Every file is parsed (:func:`last_lite.data.ntu.read_skeleton`), denoised
-(:func:`last_lite.data.ntu.denoise`: at most two actors, empty frames dropped) and pre-normalised
+Every file is parsed (:func:`last_lite.data.ntu_skeleton.read_skeleton`), denoised
+(:func:`last_lite.data.ntu_skeleton.denoise`: at most two actors, empty frames dropped) and pre-normalised
 (:func:`last_lite.data.normalize.pre_normalize_3d`). Files are processed in chunks on all cores;
 each chunk is saved as a shard in the work folder, so an interrupted run resumes where it stopped;
 the shards are merged into the store at the end (written atomically by ``StoreWriter``). A file
@@ -32,7 +32,7 @@ import numpy as np
 
 from last_lite.data.normalize import pre_normalize_3d
 from last_lite.io import atomic_write, atomic_write_text
-from last_lite.data.ntu import (
+from last_lite.data.ntu_skeleton import (
     DATASET_BENCHMARKS,
     DATASET_CLASSES,
     SkeletonFormatError,

@@ -20,8 +20,8 @@ from hydra.utils import get_method, instantiate
 from omegaconf import OmegaConf, open_dict
 
 from last_lite.models.registry import build_model, list_models
-from last_lite.training.distill import DistillModule
-from last_lite.training.maskclr import MaskCLRModule
+from last_lite.training.distillation import DistillModule
+from last_lite.training.path_c.maskclr import MaskCLRModule
 from last_lite.training.optim import build_optimizer, build_scheduler
 from last_lite.training.runner import build_callbacks
 

@@ -16,7 +16,7 @@ from typing import Mapping
 
 import numpy as np
 
-from last_lite.models.graph import Layout, get_layout
+from last_lite.skeleton import Layout, get_layout
 
 __all__ = [
     "pre_normalize_3d", "normalize_2d", "normalize_clip", "rotation_matrix", "angle_between",

@@ -126,7 +126,7 @@ class StoreWriter:
     def __init__(self, out_dir: str | os.PathLike, layout: str | Mapping, channels: int,
                  class_names: list[str] | None = None, source: str = "",
                  coord_dims: int | None = None) -> None:
-        from last_lite.models.graph import get_layout
+        from last_lite.skeleton import get_layout
 
         self.out_dir = Path(out_dir)
         self.layout = layout if isinstance(layout, str) else _jsonable(dict(layout))

@@ -7,7 +7,7 @@
 - :mod:`last_lite.export.quantize`: static INT8 quantization (calibration on real training
   samples) and which operators ORT runs in INT8;
 - :mod:`last_lite.export.tensorrt`: TensorRT 10 engine build and check (GPU only);
-- :mod:`last_lite.export.report`: test-split evaluation, latency, report.json / report.md.
+- :mod:`last_lite.export.results`: test-split evaluation, latency, report.json / report.md.
 
 The deployed model is run by :mod:`last_lite.runtime` (numpy + onnxruntime only). Importing this
 package imports nothing heavy; its modules import torch.

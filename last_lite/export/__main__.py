@@ -82,7 +82,7 @@ def prepare(cfg: DictConfig, backend_name: str) -> ExportContext:
 
 def evaluate(ctx: ExportContext) -> tuple[dict, dict, dict]:
     """(evaluation, predictions, the deployable model's metrics) on the whole test split."""
-    from last_lite.export.report import evaluate_sessions
+    from last_lite.export.results import evaluate_sessions
 
     test_loader = ctx.dm.test_dataloader()
     if not (ctx.cfg.get("evaluate", True) and test_loader):
@@ -106,7 +106,7 @@ def evaluate(ctx: ExportContext) -> tuple[dict, dict, dict]:
 
 def measure_latency(ctx: ExportContext) -> dict[str, Any]:
     """Batch-1 latency of every runner (TensorRT engines time themselves)."""
-    from last_lite.export.report import time_session
+    from last_lite.export.results import time_session
 
     latency: dict[str, Any] = {"threads": ctx.threads}
     x1 = ctx.parity_x.reshape(-1, *ctx.parity_x.shape[-4:])[:1]
@@ -124,7 +124,7 @@ def measure_latency(ctx: ExportContext) -> dict[str, Any]:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Export per ``cfg``; returns the report record. Raises :class:`ExportError` after writing
     the report when a check fails, SystemExit (nothing written) when the backend cannot run here."""
-    from last_lite.export.report import write_report
+    from last_lite.export.results import write_report
     from last_lite.io import atomic_write_json
     from last_lite.training.records import metrics_record
 

@@ -109,7 +109,7 @@ def normalization_meta(data_cfg: Mapping[str, Any], dm, override: str = "auto") 
 
 
 def first_samples(loader, n: int) -> np.ndarray:
-    from last_lite.export.report import numpy_batches
+    from last_lite.export.results import numpy_batches
 
     out, seen = [], 0
     for x, _ in numpy_batches(loader):
@@ -227,7 +227,7 @@ class ExportContext:
 
     def add_runner(self, name: str, path: Path, runner: Any) -> None:
         """A deployable file and what runs it (evaluated and timed with the others)."""
-        from last_lite.export.report import file_facts
+        from last_lite.export.results import file_facts
 
         self.files[name] = file_facts(path, self.params)
         self.runners[name] = runner

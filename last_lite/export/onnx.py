@@ -317,7 +317,7 @@ def build_metadata(*, model_name: str, class_names: Iterable[str], layout: Any, 
                    dataset: str | None = None) -> dict[str, str]:
     """The ``metadata_props`` of an exported model; every value a JSON string."""
     from last_lite import __version__
-    from last_lite.models.graph import get_layout
+    from last_lite.skeleton import get_layout
 
     joints = get_layout(layout).num_joints
     values = {

@@ -1,7 +1,8 @@
 """Networks of the LAST family, the EfficientGCN-B0 baseline and their registry.
 
-``graph`` is numpy-only (the edge runtime uses it); everything else needs torch and is imported
-on first use, so ``import last_lite.models.graph`` never pulls torch in.
+``graph`` is numpy-only (skeleton layouts themselves live in :mod:`last_lite.skeleton`);
+everything else needs torch and is imported on first use, so ``import last_lite.models.graph``
+never pulls torch in.
 """
 
 from importlib import import_module

@@ -39,7 +39,7 @@ def frames_from_array(keypoints: np.ndarray) -> Iterator[np.ndarray]:
 
 def read_ntu_skeleton(path: str | Path, denoise: bool = True) -> np.ndarray:
     """An NTU ``.skeleton`` file as (M, T, 25, 3) float32, denoised like ``last_lite.prepare``."""
-    from last_lite.data import ntu
+    from last_lite.data import ntu_skeleton as ntu
 
     sk = ntu.read_skeleton(path)
     if denoise:

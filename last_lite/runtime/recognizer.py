@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from last_lite.data.normalize import normalize_clip
-from last_lite.models.graph import get_layout
+from last_lite.skeleton import get_layout
 from last_lite.runtime.session import ort_session
 
 __all__ = ["ActionRecognizer", "ModelInfo", "Prediction", "as_frame", "read_model_info"]

@@ -23,7 +23,7 @@ from last_lite.io import atomic_write_text
 from last_lite.models.profile import count_parameters
 from last_lite.training.base import ClassifierPhase, PhaseModule
 from last_lite.training.checkpoints import AtomicCheckpointIO, init_from
-from last_lite.training.plots import save_confusion_matrix
+from last_lite.training.confusion import save_confusion_matrix
 from last_lite.training.records import metrics_record, write_metrics
 from last_lite.training.selection import EMAWeights, selection_rule
 

@@ -145,7 +145,6 @@ def test_bad_values_dropped_or_rejected(tmp_path):
 
 
 def test_hydra_config(tmp_path, cache):
-    pytest.importorskip("hydra")
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 

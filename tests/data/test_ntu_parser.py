@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from last_lite.data.ntu import (
+from last_lite.data.ntu_skeleton import (
     NTU60_CLASSES,
     NTU120_CLASSES,
     SkeletonFormatError,
@@ -317,7 +317,7 @@ def test_class_names():
 def test_numpy_only():
     import subprocess
 
-    code = "import sys, last_lite.data.ntu; sys.exit('torch' in sys.modules)"
+    code = "import sys, last_lite.data.ntu_skeleton; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from last_lite.data.ntu import (
+from last_lite.data.ntu_skeleton import (
     in_dataset,
     is_training_sample,
     parse_sample_name,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from last_lite.data.normalize import pre_normalize_3d
-from last_lite.data.ntu import denoise, format_skeleton, read_sample_list, read_skeleton
+from last_lite.data.ntu_skeleton import denoise, format_skeleton, read_sample_list, read_skeleton
 from last_lite.data.sources.ntu import NTUSource
 from last_lite.data.store import SkeletonStore, StoreError
 from last_lite.prepare import load_shard, run_prepare

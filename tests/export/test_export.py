@@ -12,9 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnx")
-
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 SYNTH = dict(num_classes=6, train_per_class=16, test_per_class=10)

@@ -124,7 +124,7 @@ def test_primary_person_mode_and_registry():
 
 
 def test_exports_to_onnx_and_matches_onnxruntime(tmp_path):
-    ort = pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
     torch.manual_seed(0)
     model = EfficientGCN(num_classes=60).eval()
     path = tmp_path / "efficientgcn_b0.onnx"

@@ -18,8 +18,6 @@ import pytest
 
 from conftest import TINY_DATA, run_command
 
-pytest.importorskip("onnxruntime")
-
 REPO = Path(__file__).resolve().parents[2]
 STAGE = [*TINY_DATA, "trainer.max_epochs=1", "data.source.num_classes=4"]
 EXPORT = ["latency.repeats=3", "latency.warmup=1", "parity.samples=8", "export.calibration.samples=16"]

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from reliability_support import bounded_call
 
-from last_lite.data.ntu import SkeletonFormatError, format_skeleton, read_skeleton
+from last_lite.data.ntu_skeleton import SkeletonFormatError, format_skeleton, read_skeleton
 from last_lite.data.sources.ctrgcn import CTRGCNSource
 from last_lite.data.sources.custom import CustomSource
 from last_lite.data.sources.nw_ucla import read_sample

@@ -125,7 +125,7 @@ def test_no_other_loader_in_the_package_can_unpickle():
 def test_encoders_are_written_as_safetensors_and_read_without_pickle(tmp_path):
     from safetensors import safe_open
 
-    from last_lite.training.maskclr import save_encoder
+    from last_lite.training.path_c.maskclr import save_encoder
 
     model = create_model("last_lite_nano", num_classes=4)
     path = save_encoder(model, tmp_path / "encoder.safetensors", metadata={"model": "last_lite_nano"})

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from conftest import TINY_DATA, read_metrics, run_command
 from last_lite.data.datamodule import SkeletonDataModule
 from last_lite.data.sources.synthetic import SyntheticSource
-from last_lite.training.distill import DistillModule
+from last_lite.training.distillation import DistillModule
 from last_lite.training.losses import feature_mimicry, soft_label_kl
 from last_lite.training.supervised import SupervisedModule
 from last_lite.summarize import write_tables

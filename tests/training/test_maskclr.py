@@ -12,8 +12,8 @@ from last_lite.data.sources.synthetic import SyntheticSource
 from last_lite.models import create_model
 from last_lite.training.base import weight_decay_groups
 from last_lite.training.checkpoints import init_from, load_checkpoint
-from last_lite.training.maskclr import (MaskCLRModule, encoder_state, masked_mse, nt_xent,
-                                        recalibrate_batchnorm, save_encoder)
+from last_lite.training.path_c.maskclr import (MaskCLRModule, encoder_state, masked_mse, nt_xent,
+                                               recalibrate_batchnorm, save_encoder)
 
 # A very small unlabelled synthetic set: 4 classes, one person, 32 frames.
 TINY = ["model=last_lite_nano", "data.source.num_classes=4", "data.source.train_per_class=6",

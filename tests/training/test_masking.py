@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from last_lite.models.graph import get_layout
-from last_lite.training.masking import (apply_mask, augment_view, fold_mask, generate_masks,
+from last_lite.training.path_c.masking import (apply_mask, augment_view, fold_mask, generate_masks,
                                         present_persons, region_units)
 
 T, BLOCK = 64, 8

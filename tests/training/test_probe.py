@@ -4,8 +4,8 @@ import torch
 
 from conftest import read_metrics, run_command
 from last_lite.models import create_model
-from last_lite.training.linear_probe import extract_features, fit_linear_probe, probe_accuracy
-from last_lite.training.maskclr import save_encoder
+from last_lite.training.path_c.linear_probe import extract_features, fit_linear_probe, probe_accuracy
+from last_lite.training.path_c.maskclr import save_encoder
 
 
 def test_the_probe_separates_separable_features_whatever_their_scale():

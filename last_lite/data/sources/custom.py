@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from last_lite.data.normalize import normalize_2d, pre_normalize_3d
-from last_lite.data.ntu import SkeletonFormatError
+from last_lite.data.ntu_skeleton import SkeletonFormatError
 from last_lite.data.sources import Source
 from last_lite.data.store import MAX_CLASSES, StoreWriter, map_npy
-from last_lite.models.graph import get_layout
+from last_lite.skeleton import get_layout
 
 
 def plain(obj: Any) -> Any:

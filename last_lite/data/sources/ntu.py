@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from last_lite.data.ntu import BENCHMARKS
+from last_lite.data.ntu_skeleton import BENCHMARKS
 from last_lite.data.sources import Source
 from last_lite.data.store import SkeletonStore, StoreError
 

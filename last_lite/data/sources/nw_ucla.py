@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from last_lite.data.normalize import pre_normalize_3d
-from last_lite.data.ntu import SkeletonFormatError
+from last_lite.data.ntu_skeleton import SkeletonFormatError
 from last_lite.data.sources import Source
 from last_lite.data.store import StoreWriter
 

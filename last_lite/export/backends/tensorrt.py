@@ -21,7 +21,7 @@ class TensorRTBackend(Backend):
             raise SystemExit(f"last_lite.export: {exc} Nothing was written.") from None
 
     def build(self, ctx) -> None:
-        from last_lite.export.report import file_facts
+        from last_lite.export.results import file_facts
         from last_lite.export.tensorrt import EngineRunner, build_engine, compare_with_ort
         from last_lite.runtime.session import ort_session
 

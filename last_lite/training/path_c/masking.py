@@ -31,7 +31,7 @@ from typing import Sequence
 
 import torch
 
-from last_lite.models.graph import REGION_NAMES, Layout
+from last_lite.skeleton import REGION_NAMES, Layout
 
 STRATEGIES = ("region", "temporal")
 

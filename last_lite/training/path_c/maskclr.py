@@ -7,9 +7,9 @@ contrastive learning for skeleton transformers); only the name is shared.
 One training step, for a batch of clips ``x`` (N, C, T, V, M):
 
 1. two views: each sample rotated, scaled and (for the input only) jittered with Gaussian noise
-   (:func:`~last_lite.training.masking.augment_view`, torch's RNG);
+   (:func:`~last_lite.training.path_c.masking.augment_view`, torch's RNG);
 2. each view loses 50-75% of its joint-frame entries (graph-aware region masking and/or temporal
-   block masking, :mod:`~last_lite.training.masking`), replaced by zero or a learned token;
+   block masking, :mod:`~last_lite.training.path_c.masking`), replaced by zero or a learned token;
 3. the encoder (the student network's stem, stages and gated pooling: ``forward_features``; its
    classifier is never used) encodes both masked views;
 4. a light decoder maps the last stage (N*M, C3, T/4, V) back to T frames and predicts every
@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from last_lite.io import atomic_write
 from last_lite.training.base import PhaseModule
-from last_lite.training.masking import (STRATEGIES, apply_mask, augment_view, fold_mask,
+from last_lite.training.path_c.masking import (STRATEGIES, apply_mask, augment_view, fold_mask,
                                         generate_masks, present_persons, region_units)
 
 # Top-level children of a model that belong to the classification head, not the encoder.
