@@ -1,7 +1,12 @@
 """Training-step throughput and peak memory, side by side, beside each model's FLOP floor.
 
     python benchmarks/train_throughput.py [--models ...] [--batch 16] [--threads 2] [--steps 8]
-        [--precisions 32 bf16] [--compile]
+        [--layout ucla20 --frames 52 --persons 1] [--precisions 32 bf16] [--compile]
+        [--baseline <git commit> [--rounds 3]]
+
+``--baseline`` is the A/B mode: the same measurement runs against a worktree of that commit
+(created under outputs/benchmarks/worktrees/), alternating with this tree ``--rounds`` times, and
+the table gains each model's speed-up as a ratio of medians measured in the same run.
 
 Each model runs in its own subprocess (so peak RSS is its own); the FLOP floor is
 3 x forward FLOPs (forward + backward) over this machine's measured float32 matmul rate.
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -44,7 +50,7 @@ def matmul_gflops(threads: int, size: int = 1024, repeats: int = 10) -> float:
 
 
 def measure_one(name: str, batch: int, threads: int, steps: int, frames: int, persons: int,
-                precision: str = "32", compiled: bool = False) -> dict:
+                precision: str = "32", compiled: bool = False, layout: str = "ntu25") -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -53,12 +59,13 @@ def measure_one(name: str, batch: int, threads: int, steps: int, frames: int, pe
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = create_model(name, num_classes=60)
+    num_classes = 10 if layout == "ucla20" else 60
+    model = create_model(name, num_classes=num_classes, layout=layout)
     flops = profile_model(model, frames, persons).flops
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
-    x = torch.randn(batch, 3, frames, 25, persons)
-    y = torch.randint(0, 60, (batch,))
+    x = torch.randn(batch, 3, frames, model.layout.num_joints, persons)
+    y = torch.randint(0, num_classes, (batch,))
     features = torch.compile(model.forward_features) if compiled else model.forward_features
     times, first_step_s = [], None
     for step in range(steps + 2):
@@ -79,6 +86,29 @@ def measure_one(name: str, batch: int, threads: int, steps: int, frames: int, pe
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def worktree(commit: str) -> Path:
+    """A detached worktree of ``commit`` (reused when it exists)."""
+    sha = subprocess.run(["git", "rev-parse", commit], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    path = ROOT / "outputs" / "benchmarks" / "worktrees" / sha[:12]
+    if not (path / "last_lite").is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["git", "worktree", "add", "--detach", str(path), sha], cwd=ROOT,
+                       capture_output=True, check=True)
+    return path
+
+
+def run_one(code_root: Path, name: str, precision: str, compiled: bool, args) -> dict:
+    """One measurement in a fresh subprocess importing ``last_lite`` from ``code_root``."""
+    out = subprocess.run([sys.executable, __file__, "--one", name, "--code-root", str(code_root),
+                          "--batch", str(args.batch), "--threads", str(args.threads),
+                          "--steps", str(args.steps), "--frames", str(args.frames),
+                          "--persons", str(args.persons), "--layout", args.layout,
+                          "--precisions", precision, *(["--compile"] if compiled else [])],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
@@ -87,43 +117,70 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--frames", type=int, default=64)
     parser.add_argument("--persons", type=int, default=2)
+    parser.add_argument("--layout", default="ntu25", help="ntu25 (NTU shape) or ucla20 (NW-UCLA)")
     parser.add_argument("--precisions", nargs="+", default=["32"], choices=["32", "bf16"])
     parser.add_argument("--compile", action="store_true", help="add torch.compile rows")
+    parser.add_argument("--baseline", help="A/B: also time this git commit, alternating with this tree")
+    parser.add_argument("--rounds", type=int, default=3, help="A/B rounds (medians over them)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--code-root", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
+        if args.code_root:
+            sys.path.insert(0, args.code_root)
         print(json.dumps(measure_one(args.one, args.batch, args.threads, args.steps, args.frames,
-                                     args.persons, args.precisions[0], args.compile)))
+                                     args.persons, args.precisions[0], args.compile, args.layout)))
         return
 
+    import platform
+
     rate = matmul_gflops(args.threads)
-    rows = []
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    trees = {"this": ROOT}
+    if args.baseline:
+        trees["baseline"] = worktree(args.baseline)
+    rounds = args.rounds if args.baseline else 1
     compile_modes = [False, True] if args.compile else [False]
-    for name, precision, compiled in [(m, p, c) for m in args.models for p in args.precisions
-                                      for c in compile_modes]:
-        out = subprocess.run([sys.executable, __file__, "--one", name, "--batch", str(args.batch),
-                              "--threads", str(args.threads), "--steps", str(args.steps),
-                              "--frames", str(args.frames), "--persons", str(args.persons),
-                              "--precisions", precision, *(["--compile"] if compiled else [])],
-                             capture_output=True, text=True, check=True)
-        row = json.loads(out.stdout.strip().splitlines()[-1])
+    configs = [(m, p, c) for m in args.models for p in args.precisions for c in compile_modes]
+    samples: dict[tuple, list[dict]] = {}
+    for _ in range(rounds):
+        for config in configs:
+            for tree, code_root in trees.items():  # alternate, so drift hits both alike
+                samples.setdefault((tree, *config), []).append(run_one(code_root, *config, args))
+
+    rows = []
+    for (tree, name, precision, compiled), runs in samples.items():
+        row = dict(runs[0], tree=tree, rounds=len(runs),
+                   samples_per_s=statistics.median(r["samples_per_s"] for r in runs),
+                   step_ms=statistics.median(r["step_ms"] for r in runs),
+                   peak_rss_mb=max(r["peak_rss_mb"] for r in runs))
         floor_s = 3 * row["forward_gflops_per_sample"] / rate  # seconds per sample at peak matmul rate
         row["flop_floor_samples_per_s"] = 1 / floor_s
         row["fraction_of_floor"] = row["samples_per_s"] / row["flop_floor_samples_per_s"]
         rows.append(row)
+    if args.baseline:
+        base = {(r["model"], r["precision"], r["compiled"]): r["samples_per_s"]
+                for r in rows if r["tree"] == "baseline"}
+        for r in rows:
+            r["speedup_vs_baseline"] = r["samples_per_s"] / base[(r["model"], r["precision"], r["compiled"])]
 
-    print(f"training step, batch {args.batch}, T={args.frames}, V=25, M={args.persons}, "
-          f"{args.threads} threads; matmul {rate:.0f} GFLOP/s")
-    print(f"{'model':<18}{'prec':>5}{'compiled':>9}{'samples/s':>10}{'ms/step':>10}{'floor s/s':>11}"
-          f"{'of floor':>9}{'peak MB':>9}{'1st step s':>11}")
+    print(f"CPU: {cpu}; training step, batch {args.batch}, T={args.frames}, layout {args.layout}, "
+          f"M={args.persons}, {args.threads} threads; matmul {rate:.0f} GFLOP/s"
+          + (f"; baseline {args.baseline}, medians of {rounds} alternating rounds" if args.baseline else ""))
+    print(f"{'model':<18}{'tree':>9}{'prec':>5}{'compiled':>9}{'samples/s':>10}{'ms/step':>10}"
+          f"{'floor s/s':>11}{'of floor':>9}{'peak MB':>9}{'1st step s':>11}"
+          + (f"{'speed-up':>9}" if args.baseline else ""))
     for r in rows:
-        print(f"{r['model']:<18}{r['precision']:>5}{'yes' if r['compiled'] else 'no':>9}{r['samples_per_s']:>10.1f}"
-              f"{r['step_ms']:>10.0f}{r['flop_floor_samples_per_s']:>11.1f}{r['fraction_of_floor']:>9.0%}"
-              f"{r['peak_rss_mb']:>9.0f}{r['first_step_s']:>11.1f}")
+        print(f"{r['model']:<18}{r['tree']:>9}{r['precision']:>5}{'yes' if r['compiled'] else 'no':>9}"
+              f"{r['samples_per_s']:>10.1f}{r['step_ms']:>10.0f}{r['flop_floor_samples_per_s']:>11.1f}"
+              f"{r['fraction_of_floor']:>9.0%}{r['peak_rss_mb']:>9.0f}{r['first_step_s']:>11.1f}"
+              + (f"{r['speedup_vs_baseline']:>8.2f}x" if args.baseline else ""))
     from last_lite.io import atomic_write_json
 
-    result = {"batch": args.batch, "threads": args.threads, "frames": args.frames, "persons": args.persons,
-              "matmul_gflops": rate, "load_average": list(__import__("os").getloadavg()), "rows": rows}
+    result = {"cpu": cpu, "batch": args.batch, "threads": args.threads, "frames": args.frames,
+              "persons": args.persons, "layout": args.layout, "baseline": args.baseline,
+              "matmul_gflops": rate, "load_average": list(os.getloadavg()), "rows": rows}
     path = atomic_write_json(ROOT / "outputs" / "benchmarks" / "train_throughput.json", result)
     print(f"written {path}")
 

@@ -55,20 +55,29 @@ class SpatialGCN(nn.Module):
         n, _, t, v = x.shape
         k, c = self.num_subsets, self.out_channels
         adjacency = self.adjacency if self.edge_weight is None else self.adjacency * self.edge_weight
-        # (N*T, V*K, C) is a free view of the conv output when it is channels-last (the fast CPU
+        # (N, T, V*K, C) is a free view of the conv output when it is channels-last (the fast CPU
         # layout), and aggregating over joints and summing over subsets is then one matmul with
         # mixing[i, (j, k)] = A[k, j, i].
-        y = self.conv(x).permute(0, 2, 3, 1).reshape(n, t, v, k, c)
-        if self.subset_att is not None:
-            # Each aggregated map's global mean, from the un-aggregated maps:
-            # mean_{t,i} sum_j A[k,j,i] y[t,j] = sum_j (sum_i A[k,j,i]) mean_t y[t,j] / V.
-            out_degree = adjacency.sum(dim=2).t()  # (V, K)
-            pooled = (y.mean(dim=1) * out_degree[None, :, :, None]).sum(dim=1) / v  # (N, K, C)
-            weights = torch.softmax(self.subset_att(pooled.flatten(1)), dim=1)
-            y = y * weights.view(n, 1, 1, k, 1)
+        y = self.conv(x).permute(0, 2, 3, 1).reshape(n, t, v * k, c)
         mixing = adjacency.permute(2, 1, 0).reshape(v, v * k)
-        y = torch.matmul(mixing, y.reshape(n * t, v * k, c))  # (N*T, V, C)
+        if self.subset_att is not None:
+            # Per-sample subset weights scale the small mixing matrix, not the K-times-wider maps.
+            weights = self.subset_weights(x, adjacency)
+            mixing = (mixing.view(v, v, k) * weights.view(n, 1, 1, k)).view(n, 1, v, v * k)
+        y = torch.matmul(mixing, y)  # (N, T, V, C)
         return self.bn(y.view(n, t, v, c).permute(0, 3, 1, 2))
+
+    def subset_weights(self, x: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
+        """(N, K) softmax weights from each aggregated map's global mean, computed on the input:
+        the 1x1 conv is linear and bias-free, so
+        ``mean_{t,i} sum_j A[k,j,i] (W_k x)[t,j] = W_k sum_j (sum_i A[k,j,i]) mean_t x[t,j] / V``."""
+        n, c_in, _, v = x.shape
+        k, c = self.num_subsets, self.out_channels
+        out_degree = adjacency.sum(dim=2)  # (K, V)
+        joint_means = x.mean(dim=2)  # (N, C_in, V)
+        inputs = torch.matmul(joint_means.unsqueeze(1), out_degree[None, :, :, None]) / v  # (N, K, C_in, 1)
+        pooled = torch.matmul(self.conv.weight.view(1, k, c, c_in), inputs)  # (N, K, C, 1)
+        return torch.softmax(self.subset_att(pooled.flatten(1)), dim=1)
 
 
 class EpSepTCN(nn.Module):
@@ -116,10 +125,13 @@ class MotionGate(nn.Module):
     def descriptor(self, x: torch.Tensor) -> torch.Tensor:
         return self.motion_energy(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        """The (N, C, 1, 1) factor ``1 + alpha*(g - 1)``: ``x + alpha*(x*g - x)`` is ``x * scale``."""
         gate = self.fc(self.descriptor(x))[:, :, None, None]
-        # x + alpha*(x*g - x) as a single full-size product.
-        return x * (1 + self.alpha * (gate - 1))
+        return 1 + self.alpha * (gate - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale(x)
 
 
 class HybridGate(MotionGate):
@@ -152,10 +164,24 @@ class STJointAtt(nn.Module):
         self.spatial = branch()
         self.alpha = nn.Parameter(torch.zeros(1, channels, 1, 1))
 
+    def factor(self, x: torch.Tensor, scale: torch.Tensor | None = None,
+               post: torch.Tensor | None = None) -> torch.Tensor:
+        """The full-size factor with ``att(x * scale) * post = x * factor`` for per-(N, C) factors
+        (a gate's ``scale``, drop-path's ``post``), from small tensors alone:
+        ``lerp(z, z*a_t*a_s, alpha)`` is ``z * (1 - alpha + alpha*a_t*a_s)``, and the means of
+        ``x * scale`` are ``scale`` times those of ``x``."""
+        means_t, means_s = x.mean(dim=3, keepdim=True), x.mean(dim=2, keepdim=True)
+        if scale is not None:
+            means_t, means_s = means_t * scale, means_s * scale
+        att_t, att_s = self.temporal(means_t), self.spatial(means_s)
+        inner, outer = 1 - self.alpha, att_t * self.alpha
+        for f in (scale, post):
+            if f is not None:
+                inner, outer = inner * f, outer * f
+        return torch.addcmul(inner, outer, att_s)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        att_t = self.temporal(x.mean(dim=3, keepdim=True))
-        att_s = self.spatial(x.mean(dim=2, keepdim=True))
-        return torch.lerp(x, x * att_t * att_s, self.alpha)
+        return x * self.factor(x)
 
 
 class DropPath(nn.Module):
@@ -165,12 +191,16 @@ class DropPath(nn.Module):
         super().__init__()
         self.rate = rate
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def factor(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The per-sample factor (0 or 1/keep), or None when nothing is dropped."""
         if self.rate == 0.0 or not self.training:
-            return x
+            return None
         keep = 1.0 - self.rate
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * (mask / keep)
+        return x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep) / keep
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        factor = self.factor(x)
+        return x if factor is None else x * factor
 
 
 class Block(nn.Module):
@@ -194,7 +224,17 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.tcn(F.hardswish(self.gcn(x)))
-        return self.residual(x) + self.drop_path(self.att(self.gate(y)))
+        # drop_path(att(gate(y))) as y times one factor: the gate and drop-path act per (sample,
+        # channel), so they merge into the attention's factor and no intermediate map is written.
+        scale = self.gate.scale(y) if isinstance(self.gate, MotionGate) else None
+        drop = self.drop_path.factor(y)
+        if isinstance(self.att, STJointAtt):
+            y = y * self.att.factor(y, scale, drop)
+        else:
+            for f in (scale, drop):
+                if f is not None:
+                    y = y * f
+        return self.residual(x) + y
 
 
 class GatedPoolHead(nn.Module):

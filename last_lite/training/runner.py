@@ -7,6 +7,7 @@ Thin Hydra commands (``last_lite.train``, ``last_lite.distill``, ``last_lite.pre
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -81,11 +82,20 @@ def chosen_checkpoint(trainer: L.Trainer, rule: str) -> str | None:
     return callback.best_model_path or callback.last_model_path or last
 
 
-def apply_thread_count(cfg: DictConfig) -> None:
-    """``threads=N`` sets torch's intra-op threads. On a shared or busy machine one thread per run
-    is often several times faster: OpenMP threads that wait for a busy core stall every kernel."""
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+def idle_cores() -> int:
+    """Cores not busy with other work now, from the 1-minute load average (at least one)."""
+    cores = os.cpu_count() or 1
+    return max(1, min(cores, round(cores - os.getloadavg()[0])))
+
+
+def apply_thread_count(cfg: DictConfig) -> int:
+    """``threads=N`` sets torch's intra-op threads; ``threads=null`` takes the cores idle at start.
+    On a busy machine OpenMP threads that wait for a busy core stall every kernel (two threads on
+    two busy cores ran several times slower than one), so a run never asks for busy cores."""
+    threads = int(cfg.threads) if cfg.get("threads") else idle_cores()
+    torch.set_num_threads(threads)
+    log.info("intra-op threads: %d%s", threads, "" if cfg.get("threads") else " (idle cores)")
+    return threads
 
 
 def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str, model_key: str = "model") -> dict:
@@ -96,7 +106,7 @@ def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str, model_
     started = time.time()
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    apply_thread_count(cfg)
+    threads = apply_thread_count(cfg)
     L.seed_everything(cfg.seed, workers=True)
     # Built first: under DDP every rank runs this function, and only global rank zero writes files.
     trainer = build_trainer(cfg)
@@ -124,7 +134,7 @@ def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str, model_
         selection.update(ema_horizon_epochs=ema.horizon_epochs, ema_decay=ema.decay)
     record_extra: dict[str, Any] = {"checkpoint": best, "output_dir": str(output_dir),
                                     "val_is_test": bool(getattr(datamodule, "val_is_test", False)),
-                                    "selection": selection}
+                                    "selection": selection, "threads": threads}
     callback = trainer.checkpoint_callback
     if callback is not None and callback.best_model_score is not None:
         # e.g. best_val_top1 (Path A/B) or best_val_loss (pretraining)

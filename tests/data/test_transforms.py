@@ -225,3 +225,77 @@ def test_bad_options():
         build_transform(16, temporal="nope")
     with pytest.raises(ValueError):
         normalize_clip(np.ones((1, 4, 25, 3)), "ntu25", 8, mode="nope")
+
+
+# ---- CTR-GCN's NW-UCLA loader: random-with-replacement sampling, linspace, per-axis min-max ------
+def _camera_clip(frames: int = 37, persons: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(persons, frames, 20, 3)).astype(np.float32) + np.float32([0.5, -1.0, 3.0])
+    x[:, :, 7] = 0  # an absent joint
+    return x
+
+
+def test_minmax_maps_every_axis_onto_minus_one_one_and_keeps_absent_joints_zero():
+    from last_lite.data.normalize import joint_mask, minmax_normalize
+
+    x = _camera_clip()
+    out = minmax_normalize(x)
+    present = joint_mask(x) > 0
+    values = out[present]
+    np.testing.assert_allclose(values.min(axis=0), -1, atol=1e-6)
+    np.testing.assert_allclose(values.max(axis=0), 1, atol=1e-6)
+    assert np.all(out[:, :, 7] == 0)
+    # translation and isotropic scale (CTR-GCN's centring and U(0.5, 1.5) scaling) change nothing
+    moved = np.where(present[..., None], x * 1.37 + np.float32([4, -2, 1]), 0)
+    np.testing.assert_allclose(minmax_normalize(moved), out, atol=1e-5)
+    flat = x.copy()
+    flat[..., 2] = np.where(present, 2.0, 0)  # an axis without extent maps to 0
+    assert np.all(minmax_normalize(flat)[..., 2] == 0)
+    assert np.all(minmax_normalize(np.zeros((1, 4, 20, 3), np.float32)) == 0)
+
+
+def test_random_sample_draws_sorted_frames_with_replacement_and_linspace_tests():
+    from last_lite.data.normalize import linspace_indices
+    from last_lite.data.transforms import LinspaceSample, RandomSample
+
+    x = np.arange(10, dtype=np.float32)[None, :, None, None] + np.ones((1, 10, 20, 3), np.float32)
+    padded = np.concatenate([x, np.zeros((1, 5, 20, 3), np.float32)], axis=1)
+    out = RandomSample(52)(padded, np.random.default_rng(0))
+    frames = out[0, :, 0, 0] - 1
+    assert out.shape == (1, 52, 20, 3) and np.all(np.diff(frames) >= 0)
+    assert set(frames.astype(int)) <= set(range(10)) and len(set(frames)) > 5  # padding never drawn
+    np.testing.assert_array_equal(linspace_indices(10, 5), [0, 2, 4, 6, 9])
+    np.testing.assert_array_equal(LinspaceSample(5)(padded)[0, :, 0, 0] - 1, [0, 2, 4, 6, 9])
+
+
+def test_field_recipe_test_clip_is_the_runtime_clip():
+    """The test pipeline of temporal=sample + spatial_norm=minmax and normalize_clip (what the
+    runtime runs) give identical inputs."""
+    x = _camera_clip()
+    kw = dict(temporal="sample", spatial_norm="minmax")
+    t = build_transform(52, train=False, max_persons=1, **kw)
+    a = t(x, np.random.default_rng(0))
+    b = normalize_clip(x, "ucla20", 52, max_persons=1, mode="sample", spatial_norm="minmax")
+    np.testing.assert_array_equal(a, b)
+    train = build_transform(52, train=True, max_persons=1, rotate=[1.0472, 1.0472, 0], **kw)
+    y = train(x, np.random.default_rng(1))
+    assert y.shape == (1, 52, 20, 3) and np.abs(y).max() <= 1 + 1e-6 and np.all(y[:, :, 7] == 0)
+    assert not np.allclose(y, train(x, np.random.default_rng(2)))
+    with pytest.raises(ValueError, match="spatial_norm"):
+        build_transform(52, spatial_norm="zscore")
+    with pytest.raises(ValueError, match="mode"):
+        normalize_clip(x, "ucla20", 52, mode="sampled")
+
+
+def test_epoch_sampler_repeats_every_sample_and_replays_by_epoch():
+    from last_lite.data.datamodule import EpochShuffleSampler
+
+    sampler = EpochShuffleSampler(7, seed=3, repeat=5)
+    sampler.set_epoch(2)
+    order = list(sampler)
+    assert len(order) == len(sampler) == 35 and sorted(order) == sorted(list(range(7)) * 5)
+    assert order == list(sampler) and order != list(range(7)) * 5
+    sampler.set_epoch(3)
+    assert list(sampler) != order
+    with pytest.raises(ValueError, match="repeat"):
+        EpochShuffleSampler(7, repeat=0)

@@ -1,0 +1,56 @@
+"""The selection rule, the EMA weights it hands on and the step schedule of the field recipe."""
+
+import math
+
+import pytest
+import torch
+
+from conftest import TINY_DATA, read_metrics, run_command
+from last_lite.training.checkpoints import load_checkpoint
+from last_lite.training.schedules import step_warmup
+from last_lite.training.selection import MIN_VAL_TO_RANK, selection_rule
+
+
+def test_rule_ranks_epochs_only_on_a_large_hold_out():
+    assert selection_rule("auto", MIN_VAL_TO_RANK) == "best_val"
+    assert selection_rule("auto", MIN_VAL_TO_RANK - 1) == "last"
+    assert selection_rule("auto", 0) == "last"
+    assert selection_rule("best_val", 10) == "best_val" and selection_rule("last", 10**6) == "last"
+    with pytest.raises(ValueError, match="selection"):
+        selection_rule("best", 10)
+
+
+def test_step_warmup_rises_linearly_then_drops_at_each_milestone():
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    schedule = step_warmup(optimizer, total_steps=65 * 4, steps_per_epoch=4, warmup_epochs=5,
+                           milestones=(50, 60), gamma=0.1)
+    rates = []
+    for _ in range(65 * 4):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert math.isclose(rates[0], 0.1 / 20) and math.isclose(rates[19], 0.1)
+    assert math.isclose(rates[199], 0.1) and math.isclose(rates[200], 0.01)
+    assert math.isclose(rates[240], 0.001, rel_tol=1e-9)
+
+
+def test_the_run_tests_and_hands_on_the_ema_weights(tmp_path):
+    """The checkpoint the rule picks holds the averaged weights (the raw ones ride along for
+    resumption), the test after fit scores those, and evaluate reads the same."""
+    run_command("train", ["model=last_lite_nano", "trainer.max_epochs=2", *TINY_DATA], tmp_path / "t")
+    record = read_metrics(tmp_path / "t")
+    assert record["selection"]["weights"] == "ema" and 0 < record["selection"]["ema_decay"] < 1
+    checkpoint = load_checkpoint(record["checkpoint"])
+    averaged, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
+    assert averaged.keys() == raw.keys()
+    assert any(not torch.equal(averaged[k], raw[k]) for k in averaged if k.endswith("weight"))
+    run_command("evaluate", [f"ckpt={record['checkpoint']}", *TINY_DATA[:3]], tmp_path / "e")
+    assert read_metrics(tmp_path / "e")["top1"] == pytest.approx(record["top1"], abs=1e-6)
+
+
+def test_without_averaging_the_checkpoint_holds_the_trained_weights(tmp_path):
+    run_command("train", ["model=last_lite_nano", "trainer.max_epochs=1", "test_after_fit=false",
+                          "~callbacks.weight_averaging", *TINY_DATA], tmp_path)
+    record = read_metrics(tmp_path)
+    assert record["selection"]["weights"] == "raw"
+    assert "current_model_state" not in load_checkpoint(record["checkpoint"])
