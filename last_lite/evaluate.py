@@ -1,7 +1,12 @@
-"""Evaluate a checkpoint: ``python -m last_lite.evaluate ckpt=<.ckpt> data=nw_ucla [test_clips=5]``.
+"""Evaluate a checkpoint: ``python -m last_lite.evaluate ckpt=<.ckpt or zoo .safetensors> [test_clips=5]``.
 
-Writes metrics.json (top-1, top-5, per-class accuracy), confusion_matrix.png and the confusion
-matrix itself into the run folder.
+The data is the one the checkpoint was trained on: its source, split, clip length, persons and
+test-time transform come from the checkpoint (``data_spec.data_config``), else from the run
+folder's ``config.yaml`` beside ``checkpoints/``, else from the ``data`` config its dataset names
+(zoo files: their ``zoo/index.json`` entry) with the datamodule settings the checkpoint saved.
+``data=<name>`` on the command line replaces all of that; ``data.<key>=...`` overrides change one
+setting of it. Writes metrics.json (top-1, top-5, per-class accuracy), confusion_matrix.png and
+the confusion matrix itself into the run folder.
 """
 
 from __future__ import annotations
@@ -11,8 +16,9 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from last_lite.io import atomic_write_json
 from last_lite.models.profile import count_parameters
@@ -23,14 +29,89 @@ from last_lite.training.records import metrics_record, write_metrics
 from last_lite.training.runner import apply_thread_count, dataset_name, print_summary
 
 
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# datamodule settings a checkpoint saved that describe the evaluation (not the machine it ran on)
+_DATAMODULE_KEYS = ("split", "clip_len", "max_persons", "val_fraction", "val_split", "seed",
+                    "train_transform", "on_bad_values")
+
+
 def load_for_evaluation(ckpt: str) -> tuple[ClassifierPhase, dict]:
-    """The network of any phase's checkpoint in a classifier phase (test metrics), and the
-    checkpoint's hparams."""
-    model, checkpoint = load_trained_model(ckpt)
-    hparams = checkpoint["hyper_parameters"]
+    """The network of any phase's checkpoint (or of a zoo ``.safetensors``) in a classifier phase
+    (test metrics), and the hparams (``model_spec``, ``data_spec``, and the datamodule's saved
+    settings under ``datamodule``)."""
+    if Path(ckpt).suffix == ".safetensors":
+        from last_lite.zoo import load_zoo_weights
+
+        model, entry = load_zoo_weights(ckpt)
+        hparams = {"model_spec": entry["model_spec"], "data_spec": entry.get("data_spec") or {}}
+    else:
+        model, checkpoint = load_trained_model(ckpt)
+        hparams = dict(checkpoint["hyper_parameters"])
+        hparams["datamodule"] = checkpoint.get("datamodule_hyper_parameters") or {}
     module = ClassifierPhase(hparams["model_spec"])
     module.model.load_state_dict(model.state_dict())
     return module, hparams
+
+
+def command_line_data() -> tuple[bool, list[str]]:
+    """(whether ``data=<name>`` was given, the ``data.<key>`` keys given) on the command line."""
+    try:
+        overrides = list(HydraConfig.get().overrides.task)
+    except ValueError:  # not under Hydra
+        return False, []
+    chosen, keys = False, []
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if key == "data":
+            chosen = True
+        elif key.startswith("data."):
+            keys.append(key)
+    return chosen, keys
+
+
+def trained_data_config(ckpt: str, hparams: dict) -> tuple[dict | None, str]:
+    """The ``data`` config the checkpoint was trained with, and where it was found."""
+    spec = hparams.get("data_spec") or {}
+    if spec.get("data_config"):
+        return dict(spec["data_config"]), "the checkpoint"
+    path = Path(ckpt)
+    run_config = path.resolve().parent.parent / "config.yaml"
+    if path.parent.name == "checkpoints" and run_config.is_file():
+        data = OmegaConf.load(run_config).get("data")
+        if data is not None:
+            return OmegaConf.to_container(data, resolve=False), str(run_config)
+    name = spec.get("dataset")
+    if name and name != "custom" and (CONF_DIR / "data" / f"{name}.yaml").is_file():
+        from hydra import compose
+
+        data = OmegaConf.to_container(compose("evaluate", overrides=[f"data={name}", "ckpt=x"]).data,
+                                      resolve=False)
+        saved = hparams.get("datamodule") or {}
+        data.update({k: saved[k] for k in _DATAMODULE_KEYS if k in saved})
+        for key in ("clip_len", "max_persons"):
+            if spec.get(key) is not None:
+                data[key] = spec[key]
+        return data, f"conf/data/{name}.yaml"
+    return None, ""
+
+
+def resolve_data(cfg: DictConfig, hparams: dict) -> str:
+    """Set ``cfg.data`` to the data the checkpoint was trained on (unless ``data=`` was given),
+    with the command line's ``data.*`` overrides applied; returns the dataset name."""
+    chosen, keys = command_line_data()
+    spec = hparams.get("data_spec") or {}
+    if chosen:
+        return dataset_name()
+    data, origin = trained_data_config(str(cfg.ckpt), hparams)
+    if data is None:  # an old checkpoint of custom data: the command line's data it is
+        return dataset_name()
+    node = OmegaConf.create(data)
+    for key in keys:
+        OmegaConf.update(node, key[len("data."):], OmegaConf.select(cfg, key), merge=False)
+    with open_dict(cfg):
+        cfg.data = node
+    print(f"data: as trained ({origin})" + (f", with {', '.join(keys)} from the command line" if keys else ""))
+    return str(spec.get("dataset") or "custom")
 
 
 def run(cfg: DictConfig) -> dict:
@@ -38,12 +119,13 @@ def run(cfg: DictConfig) -> dict:
     apply_thread_count(cfg)
     output_dir = Path(cfg.paths.output_dir)
     module, hparams = load_for_evaluation(cfg.ckpt)
+    dataset = resolve_data(cfg, hparams)
     datamodule = instantiate(cfg.data, _convert_="all", test_clips=cfg.test_clips)
     datamodule.prepare_data()
     datamodule.setup("test")
     if datamodule.num_classes != module.model.num_classes:
         raise ValueError(f"the checkpoint predicts {module.model.num_classes} classes but data "
-                         f"'{dataset_name()}' has {datamodule.num_classes}")
+                         f"'{dataset}' has {datamodule.num_classes}")
     trainer = L.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, enable_model_summary=False,
                         default_root_dir=str(output_dir))
     results = trainer.test(module, datamodule=datamodule, verbose=False)[0]
@@ -54,7 +136,7 @@ def run(cfg: DictConfig) -> dict:
     atomic_write_json(output_dir / "confusion_matrix.json",
                       {"class_names": list(datamodule.class_names), "matrix": details["confusion_matrix"]})
     record = metrics_record(
-        command="evaluate", model=module.model_spec["name"], dataset=dataset_name(),
+        command="evaluate", model=module.model_spec["name"], dataset=dataset,
         top1=results["test/top1"], top5=results["test/top5"],
         per_class_accuracy=details["per_class_accuracy"], class_names=datamodule.class_names,
         params=count_parameters(module.model), epochs=None, seed=None,

@@ -44,24 +44,40 @@ class Layout:
                 raise ValueError(f"layout {self.name!r}: bad edge ({i}, {j}) for {self.num_joints} joints")
         if not 0 <= self.center < self.num_joints:
             raise ValueError(f"layout {self.name!r}: centre {self.center} out of range")
-        dist = hop_distance(self.num_joints, self.edges)
-        if np.isinf(dist).any():
-            raise ValueError(f"layout {self.name!r}: the skeleton graph is not connected")
+        # A graph of several parts (two arms and no torso, two hands) is allowed: each part gets
+        # its own root (see ``parents``); the graph convolutions never connect the parts.
 
     @property
     def parents(self) -> np.ndarray:
-        """Parent of every joint in the BFS tree rooted at the centre (root is its own parent)."""
+        """Parent of every joint in the BFS tree rooted at the centre (root is its own parent).
+        In a graph of several parts, each part the centre does not reach is rooted at its own
+        graph centre (so the bone stream is zero there too)."""
         adj = _neighbours(self.num_joints, self.edges)
         parents = np.full(self.num_joints, -1, dtype=np.int64)
-        parents[self.center] = self.center
-        queue = deque([self.center])
-        while queue:
-            i = queue.popleft()
-            for j in sorted(adj[i]):
-                if parents[j] < 0:
-                    parents[j] = i
-                    queue.append(j)
+        dist = None
+        root = self.center
+        while root is not None:
+            parents[root] = root
+            queue = deque([root])
+            while queue:
+                i = queue.popleft()
+                for j in sorted(adj[i]):
+                    if parents[j] < 0:
+                        parents[j] = i
+                        queue.append(j)
+            left = np.flatnonzero(parents < 0)
+            if not len(left):
+                break
+            if dist is None:
+                dist = hop_distance(self.num_joints, self.edges)
+            part = np.flatnonzero(np.isfinite(dist[left[0]]))
+            root = int(part[np.argmin(dist[np.ix_(part, part)].max(axis=1))])
         return parents
+
+    @property
+    def parts(self) -> int:
+        """Connected parts of the graph (1 for a whole body)."""
+        return int(len(np.unique(self.parents[self.parents == np.arange(self.num_joints)])))
 
     def region_of_joint(self) -> np.ndarray:
         """Region index (into REGION_NAMES) of every joint."""
@@ -184,14 +200,26 @@ LAYOUTS["kinect20"] = _UCLA20
 
 
 def graph_center(num_joints: int, edges: Sequence[tuple[int, int]]) -> int:
-    """The joint whose largest hop distance to any other joint is smallest (lowest index on ties)."""
-    return int(np.argmin(hop_distance(num_joints, edges).max(axis=1)))
+    """The joint whose largest hop distance to any other joint is smallest (lowest index on ties);
+    in a graph of several parts, that joint of the largest part."""
+    dist = hop_distance(num_joints, edges)
+    reach = np.isfinite(dist)
+    size = reach.sum(axis=1)
+    ecc = np.where(reach, dist, 0).max(axis=1)
+    candidates = np.flatnonzero(size == size.max())
+    return int(candidates[np.argmin(ecc[candidates])])
 
 
 def custom_layout(edges: Sequence[Sequence[int]], num_joints: int | None = None,
                   center: int | None = None, name: str = "custom",
-                  regions: Mapping[str, Sequence[int]] | None = None) -> Layout:
-    """A layout from a plain 0-based edge list (as written in a config)."""
+                  regions: Mapping[str, Sequence[int]] | None = None,
+                  centre: int | None = None, joint_names: Sequence[str] | None = None) -> Layout:
+    """A layout from a plain 0-based edge list (as written in a config or a layout file);
+    ``centre`` is accepted as a spelling of ``center``. The graph may have several parts."""
+    if center is None:
+        center = centre
+    if not edges:
+        raise ValueError("a custom layout needs at least one edge (0-based joint pairs)")
     pairs = tuple((int(i), int(j)) for i, j in edges)
     if num_joints is None:
         num_joints = 1 + max(max(p) for p in pairs)
@@ -204,6 +232,7 @@ def custom_layout(edges: Sequence[Sequence[int]], num_joints: int | None = None,
     if not region_map:
         region_map = {"torso": tuple(range(num_joints))}
     return Layout(name=name, num_joints=num_joints, edges=pairs, center=int(center),
+                  joint_names=tuple(str(n) for n in joint_names or ()),
                   regions=region_map, norm_center=int(center))
 
 

@@ -49,6 +49,41 @@ def _verified(zoo_dir: Path, record: Mapping[str, Any]) -> Path:
     return path
 
 
+def zoo_entry_for_file(path: str | Path, zoo_dir: Path = ZOO_DIR) -> tuple[str, dict] | None:
+    """(name, entry) of the zoo entry whose weights file is ``path`` (looked up in ``zoo_dir`` and
+    in an ``index.json`` beside or above the file), or None."""
+    path = Path(path).resolve()
+    dirs = [zoo_dir] + [p for p in path.parents if (p / "index.json").is_file()]
+    for d in dirs:
+        if not (d / "index.json").is_file():
+            continue
+        for name, entry in zoo_index(d).items():
+            if (d / entry["file"]).resolve() == path:
+                return name, entry
+    return None
+
+
+def load_zoo_weights(path: str | Path, zoo_dir: Path = ZOO_DIR) -> tuple[nn.Module, dict]:
+    """The model of the zoo file ``path`` (a ``.safetensors`` listed in an index.json) in eval
+    mode and its entry; a file that no index lists is refused with what to pass instead."""
+    from safetensors.torch import load_file
+
+    from last_lite.models.registry import build_model
+
+    found = zoo_entry_for_file(path, zoo_dir)
+    if found is None:
+        raise ValueError(f"{path} is not listed in zoo/index.json, so its model and data are unknown: "
+                         f"pass a .ckpt written by a last_lite command, or a zoo file "
+                         f"(e.g. zoo/nw_ucla/last_lite_small.safetensors)")
+    _, entry = found
+    path = Path(path)
+    if sha256(path) != entry["sha256"]:
+        raise ValueError(f"{path} does not match its SHA-256 in zoo/index.json: refusing to load it")
+    model = build_model(entry["model_spec"])
+    model.load_state_dict(load_file(str(path)))
+    return model.eval(), entry
+
+
 def load_zoo_model(name: str, zoo_dir: Path = ZOO_DIR) -> tuple[nn.Module, dict]:
     """The model ``name`` in eval mode and its index entry; refuses a file whose hash differs."""
     from safetensors.torch import load_file

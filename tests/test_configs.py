@@ -61,7 +61,9 @@ def test_every_root_config_is_listed_and_composes(tmp_path):
 
 @pytest.mark.parametrize("data", options("data"))
 def test_data_options_instantiate(data, tmp_path):
-    cfg = compose_cfg("train", [f"data={data}"], tmp_path)
+    # the PYSKL source refuses to be built for a pickle not marked as trusted
+    cfg = compose_cfg("train", [f"data={data}"] + (["data.source.trusted=true"] if data == "pyskl" else []),
+                      tmp_path)
     dm = instantiate(cfg.data, _convert_="all")
     assert isinstance(dm, L.LightningDataModule)
     assert dm.clip_len == cfg.data.clip_len

@@ -166,7 +166,7 @@ class SkeletonDataModule(L.LightningDataModule):
     """
 
     def __init__(self, source: Any, split: str, clip_len: int = 64, batch_size: int = 16,
-                 num_workers: int = 0, max_persons: int = 2, val_fraction: float = 0.1,
+                 num_workers: int = 0, max_persons: int | None = 2, val_fraction: float = 0.1,
                  val_split: str = "holdout", seed: int = 0,
                  train_transform: Mapping[str, Any] | None = None, unlabelled: bool = False,
                  extra_sources: Sequence[Any] | None = None, cache_dir: str = "outputs/cache",
@@ -185,7 +185,9 @@ class SkeletonDataModule(L.LightningDataModule):
         self.split = split
         self.clip_len, self.batch_size = int(clip_len), int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
-        self.num_workers, self.max_persons = int(num_workers), int(max_persons)
+        self.num_workers = int(num_workers)
+        # None: the most persons any sample of the store holds (read from the data)
+        self._max_persons = None if max_persons is None else int(max_persons)
         self.val_fraction, self.val_split, self.seed = float(val_fraction), val_split, int(seed)
         self.train_transform = dict(train_transform or {})
         self.unlabelled = bool(unlabelled)
@@ -202,6 +204,12 @@ class SkeletonDataModule(L.LightningDataModule):
         self.train_indices = self.val_indices = self.test_indices = None
 
     # -- store ----------------------------------------------------------------------------------
+    @property
+    def max_persons(self) -> int:
+        if self._max_persons is None:
+            self._max_persons = max(1, int(self.store.persons.max()) if len(self.store) else 1)
+        return self._max_persons
+
     @property
     def store(self) -> SkeletonStore:
         if self._store is None:

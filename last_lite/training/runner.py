@@ -51,10 +51,18 @@ def dataset_name() -> str:
 
 
 def data_spec_for(datamodule) -> dict:
-    """What later commands (evaluate, export, the runtime) need to know about the data."""
-    return {"class_names": list(datamodule.class_names), "layout": datamodule.layout,
+    """What later commands (evaluate, export, the runtime) need to know about the data.
+
+    ``data_config`` is the run's ``data`` config with its interpolations kept (``${paths.data_dir}``
+    follows ``$LAST_LITE_DATA`` where the checkpoint is evaluated): ``evaluate ckpt=...`` rebuilds
+    the same source, split and test-time transform from it without any ``data.*`` override."""
+    spec = {"class_names": list(datamodule.class_names), "layout": datamodule.layout,
             "clip_len": int(datamodule.clip_len), "in_channels": int(datamodule.in_channels),
             "dataset": dataset_name(), "max_persons": int(datamodule.max_persons)}
+    data_config = getattr(datamodule, "data_config", None)
+    if data_config is not None:
+        spec["data_config"] = data_config
+    return spec
 
 
 def build_callbacks(cfg: DictConfig) -> list:
@@ -114,6 +122,7 @@ def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str, model_
         atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.data_config = OmegaConf.to_container(cfg.data, resolve=False)
     datamodule.prepare_data()
     datamodule.setup("fit")
     module = build_module(model_spec_for(cfg[model_key], datamodule), datamodule)

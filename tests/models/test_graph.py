@@ -64,8 +64,11 @@ def test_whole_graph_symmetric_normalisation():
 
 def test_custom_layout_centre_and_errors():
     assert custom_layout([[0, 1], [1, 2], [2, 3], [3, 4]]).center == 2
-    with pytest.raises(ValueError, match="not connected"):
-        custom_layout([[0, 1], [2, 3]])
+    two_arms = custom_layout([[0, 1], [1, 2], [3, 4], [4, 5]])  # two parts, no torso (NATOPS-like)
+    assert two_arms.parts == 2 and two_arms.center == 1
+    assert two_arms.parents.tolist() == [1, 1, 1, 4, 4, 4]  # each part rooted at its own centre
+    assert np.isfinite(graph_adjacency(two_arms, 2)).all()
+    assert custom_layout([[0, 1], [2, 3]], centre=2).center == 2
     with pytest.raises(ValueError, match="edges"):
         get_layout({"center": 1})
     with pytest.raises(ValueError, match="unknown layout"):

@@ -1,21 +1,36 @@
-"""A folder of per-sample ``.npy`` arrays plus a CSV ``name,label,split``.
+"""A folder of per-sample ``.npy`` arrays plus a CSV ``name,label,split`` (docs/own_data.md).
 
 Each array is (T, V, C) or (M, T, V, C), loaded with ``allow_pickle=False``. ``name`` is the file
-name relative to ``root`` (``.npy`` added when missing); ``label`` an integer (empty or -1 =
-unlabelled) or a class name (class names are then sorted unless ``class_names`` gives the order);
-``split`` the part (``train``, ``val``, ``test`` or anything else). The store gets one split,
-``split_name`` (default ``custom``), with those parts.
+name relative to the folder holding the CSV (``root`` by default; ``.npy`` added when missing).
+``label`` is an integer class index (empty or -1 = unlabelled) or a class name, the same kind in
+every row; anything else (``1.7``, ``true``) is refused. ``split`` is the part (``train``,
+``val``, ``test``; empty = ``train``); one name may appear in several parts (e.g. ``val`` and
+``test``) with the same label. The store gets one split, ``split_name`` (default ``custom``).
 
-``layout`` is a registered name (``coco17``, ``openpose18``, ``mediapipe33``, ``ntu25``, ...) or a
-custom mapping ``{edges: [[i, j], ...], num_joints?, center?}``. For 2D keypoints with a confidence
-score (C = 3) pass ``coord_dims=2``. ``normalize``: ``auto`` (``3d`` when ``coord_dims`` is 3, else
-``2d``), ``3d`` (:func:`pre_normalize_3d`), ``2d`` (:func:`normalize_2d`) or ``none``.
+``layout``: a registered name (``coco17``, ``openpose18``, ``mediapipe33``, ``ntu25``, ...), a
+layout file (``layout.yaml``/``.json`` with ``edges``, ``num_joints``, ``center`` or ``centre``,
+optional ``name``, ``joint_names``, ``regions``; looked up as given, then under ``root``), or a
+mapping of those keys. The graph may have several parts (two arms, no torso).
+
+``class_names``: a list, or a text file (one name per line; relative to ``root``); by default
+``root/classes.txt`` when present. They name the classes in metrics, the ONNX metadata and the
+runtime's output (integer labels without names show as "0", "1", ...).
+
+``coord_dims``: how many leading channels are coordinates; ``null`` reads it from the data: C=2
+is 2D, C=4 is 3D plus a score, C=3 is 2D plus a score when the third channel stays in [0, 1] in
+the first files, else 3D (the choice is logged; pass ``coord_dims`` when it is wrong).
+``normalize``: ``auto`` (``3d`` when ``coord_dims`` is 3, else ``2d``), ``3d``
+(:func:`pre_normalize_3d`), ``2d`` (:func:`normalize_2d`) or ``none``.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import json
+import logging
+import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,8 +41,11 @@ from last_lite.data.normalize import normalize_2d, pre_normalize_3d
 from last_lite.data.ntu_skeleton import SkeletonFormatError
 from last_lite.data.sources import Source
 from last_lite.data.store import MAX_CLASSES, StoreWriter, map_npy
-from last_lite.skeleton import get_layout
+from last_lite.skeleton import LAYOUTS, get_layout
 
+log = logging.getLogger(__name__)
+
+LAYOUT_KEYS = ("edges", "num_joints", "center", "centre", "name", "joint_names", "regions")
 
 def plain(obj: Any) -> Any:
     """Config containers (e.g. OmegaConf) -> plain dicts and lists."""
@@ -74,25 +92,145 @@ def load_array(path: Path) -> np.ndarray:
                                         f"{str(exc)[:200]})") from None
 
 
+def data_folder_missing(path: Path, what: str) -> FileNotFoundError:
+    """The error for a data folder or file that is not there, naming ``$LAST_LITE_DATA``."""
+    env = os.environ.get("LAST_LITE_DATA")
+    where = (f"$LAST_LITE_DATA is {env}" if env else "$LAST_LITE_DATA is not set, so data folders are "
+             "looked up under ./data")
+    return FileNotFoundError(f"{what} not found: {path} ({where}). Set LAST_LITE_DATA=<the folder "
+                             f"holding your data folders> or data.source.root=<the folder>.")
+
+
+def _read_structured(path: Path) -> Any:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        return json.loads(text)
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def resolve_layout(layout: Any, root: Path) -> str | dict:
+    """A layout name, or the plain mapping of a layout file or a config mapping (checked)."""
+    if isinstance(layout, str) and layout in LAYOUTS:
+        return layout
+    if isinstance(layout, (str, os.PathLike)):
+        path = Path(layout)
+        candidates = [path] if path.is_absolute() else [path, root / path]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise ValueError(f"layout {str(layout)!r} is neither a known layout "
+                             f"({', '.join(sorted(LAYOUTS))}) nor a layout file (looked for "
+                             f"{' and '.join(str(c) for c in candidates)})")
+        spec = _read_structured(found)
+        if not isinstance(spec, Mapping):
+            raise ValueError(f"{found}: a layout file holds a mapping with edges, num_joints, center")
+        unknown = sorted(set(spec) - set(LAYOUT_KEYS))
+        if unknown:
+            raise ValueError(f"{found}: unknown keys {unknown}; a layout file has {list(LAYOUT_KEYS)}")
+        spec = {"name": found.stem, **plain(spec)}
+        try:
+            get_layout(spec)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{found}: {exc}") from None
+        return spec
+    spec = plain(layout)
+    get_layout(spec)
+    return spec
+
+
+def read_class_names(class_names: Any, root: Path) -> list[str] | None:
+    """Class names from a list, a text file (one per line) or ``root/classes.txt``; else None."""
+    if class_names is None:
+        default = root / "classes.txt"
+        return read_class_names(str(default), root) if default.is_file() else None
+    if isinstance(class_names, (str, os.PathLike)):
+        path = Path(class_names)
+        path = path if path.is_absolute() or path.is_file() else root / path
+        if not path.is_file():
+            raise FileNotFoundError(f"class names file not found: {path} (one class name per line)")
+        names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
+        names = [n for n in names if n]
+    else:
+        names = [str(n) for n in class_names]
+    if len(set(names)) != len(names):
+        raise ValueError(f"class names repeat: {sorted({n for n in names if names.count(n) > 1})}")
+    return names
+
+
+_INT = re.compile(r"[+-]?\d+")
+
+
+def label_kind(text: str) -> str:
+    """``none`` (empty or -1), ``index`` (an integer), ``name``, or ``bad`` (a number that is not
+    an integer, or a boolean: never read as a class)."""
+    if text in ("", "-1"):
+        return "none"
+    if _INT.fullmatch(text):
+        return "index"
+    try:
+        float(text)
+        return "bad"
+    except ValueError:
+        pass
+    return "bad" if text.lower() in ("true", "false") else "name"
+
+
+def infer_coord_dims(samples: Sequence[np.ndarray]) -> tuple[int, str]:
+    """(coordinate channels, why) from the first samples' channel count and values."""
+    channels = samples[0].shape[-1]
+    if channels == 2:
+        return 2, "2 channels: x, y"
+    if channels == 4:
+        return 3, "4 channels: x, y, z, score"
+    if channels == 3:
+        third = np.concatenate([s[..., 2].ravel() for s in samples])
+        third = third[np.isfinite(third)]
+        if third.size and third.min() >= 0 and third.max() <= 1:
+            return 2, "3 channels whose third stays in [0, 1]: x, y, score"
+        return 3, "3 channels whose third leaves [0, 1]: x, y, z"
+    return min(channels, 3), f"{channels} channels"
+
+
 class CustomSource(Source):
     name = "custom"
-    version = 1
+    version = 2
 
     def __init__(self, root: str | Path, csv: str = "labels.csv", layout: Any = "coco17",
                  coord_dims: int | None = None, normalize: str = "auto",
-                 class_names: Sequence[str] | None = None, split_name: str = "custom") -> None:
+                 class_names: Sequence[str] | str | None = None, split_name: str = "custom") -> None:
         self.root = Path(root)
         self.csv_path = self.root / csv if not Path(csv).is_absolute() else Path(csv)
-        self.layout = layout if isinstance(layout, str) else plain(layout)
-        self.num_joints = get_layout(self.layout).num_joints
-        self.coord_dims = coord_dims
+        self._layout_arg = layout
+        self._layout: str | dict | None = None
+        self.coord_dims = None if coord_dims is None else int(coord_dims)
         self.normalize = normalize
-        self.class_names = list(class_names) if class_names is not None else None
+        self._class_names_arg = class_names
         self.split_name = split_name
 
+    # resolved on first use (a layout or class names file is read when the data is built)
+    @property
+    def layout(self) -> str | dict:
+        if self._layout is None:
+            self._layout = resolve_layout(self._layout_arg, self.root)
+        return self._layout
+
+    @property
+    def num_joints(self) -> int:
+        return get_layout(self.layout).num_joints
+
+    @property
+    def class_names(self) -> list[str] | None:
+        if not hasattr(self, "_class_names"):
+            self._class_names = read_class_names(self._class_names_arg, self.root)
+        return self._class_names
+
     def rows(self) -> list[dict[str, str]]:
+        if not self.root.is_dir():
+            raise data_folder_missing(self.root, "custom data folder")
         if not self.csv_path.is_file():
-            raise FileNotFoundError(f"custom data: CSV not found: {self.csv_path}")
+            raise FileNotFoundError(f"custom data: {self.csv_path} not found: the folder needs a CSV "
+                                    f"with the columns name,label,split (docs/own_data.md)")
         try:
             with open(self.csv_path, newline="", encoding="utf-8-sig") as f:
                 reader = csv.DictReader(f)
@@ -105,14 +243,21 @@ class CustomSource(Source):
                     if None in row:  # DictReader files surplus fields under the key None
                         raise SkeletonFormatError(self.csv_path, "more fields than the header",
                                                   reader.line_num)
-                    rows.append({k: (v or "").strip() for k, v in row.items()})
+                    rows.append({**{k: (v or "").strip() for k, v in row.items()},
+                                 "line": str(reader.line_num)})
                 return rows
         except (UnicodeDecodeError, csv.Error) as exc:
             raise SkeletonFormatError(self.csv_path, f"not a readable CSV ({exc})") from None
 
     def _file(self, name: str) -> Path:
-        path = self.root / name
-        return path if path.suffix == ".npy" else path.with_name(path.name + ".npy")
+        """Names are relative to the folder holding the CSV (``root`` by default), then ``root``."""
+        def with_npy(path: Path) -> Path:
+            return path if path.suffix == ".npy" else path.with_name(path.name + ".npy")
+
+        path = with_npy(self.csv_path.parent / name)
+        if not path.exists() and self.csv_path.parent != self.root and with_npy(self.root / name).exists():
+            return with_npy(self.root / name)
+        return path
 
     def params(self) -> dict[str, Any]:
         rows = self.rows()
@@ -127,57 +272,104 @@ class CustomSource(Source):
                 "content": h.hexdigest()}
 
     def _labels(self, rows: list[dict[str, str]]) -> tuple[list[int], list[str] | None]:
-        raw = [r["label"] for r in rows]
-
-        def is_int(s: str) -> bool:
-            try:
-                int(s)
-                return True
-            except ValueError:
-                return False
-
-        given = [s for s in raw if s not in ("", "-1")]
-        if all(is_int(s) for s in given):
-            bad = [s for s in given if not 0 <= int(s) < MAX_CLASSES]
-            if bad:
-                raise SkeletonFormatError(self.csv_path, f"labels {bad[:5]} outside 0..{MAX_CLASSES - 1} "
+        kinds = [label_kind(r["label"]) for r in rows]
+        bad = [r for r, k in zip(rows, kinds) if k == "bad"]
+        if bad:
+            shown = ", ".join(f"line {r['line']}: {r['label']!r}" for r in bad[:5])
+            raise ValueError(f"{self.csv_path}: a label is an integer class index (0, 1, ...; empty or "
+                             f"-1: unlabelled) or a class name, not a number with a fraction or a "
+                             f"boolean ({shown})")
+        if "index" in kinds and "name" in kinds:
+            row = rows[kinds.index("name")]
+            raise ValueError(f"{self.csv_path}: labels mix class indices and class names (line "
+                             f"{rows[kinds.index('index')]['line']}: {rows[kinds.index('index')]['label']!r}, "
+                             f"line {row['line']}: {row['label']!r}); use one kind in every row")
+        if "name" not in kinds:
+            given = [int(r["label"]) for r, k in zip(rows, kinds) if k == "index"]
+            limit = len(self.class_names) if self.class_names else MAX_CLASSES
+            wrong = sorted({g for g in given if not 0 <= g < limit})
+            if wrong:
+                names = f"the {limit} class names" if self.class_names else f"0..{MAX_CLASSES - 1}"
+                raise SkeletonFormatError(self.csv_path, f"labels {wrong[:5]} outside {names} "
                                                          "(-1 or empty: unlabelled)")
-            return [int(s) if s else -1 for s in raw], self.class_names
+            if self.class_names is None and given:
+                log.warning("custom data: integer labels and no class names, so classes show as "
+                            "'0'..'%d' (in metrics, the ONNX file and the runtime); name them with "
+                            "%s/classes.txt (one per line) or data.source.class_names=[...]",
+                            max(given), self.root)
+            return [int(r["label"]) if k == "index" else -1 for r, k in zip(rows, kinds)], self.class_names
+        given = [r["label"] for r, k in zip(rows, kinds) if k == "name"]
         names = self.class_names or sorted(set(given))
         lookup = {n: i for i, n in enumerate(names)}
         unknown = sorted(set(given) - set(lookup))
         if unknown:
-            raise ValueError(f"{self.csv_path}: labels {unknown[:5]} not in class_names")
-        return [lookup[s] if s not in ("", "-1") else -1 for s in raw], names
+            raise ValueError(f"{self.csv_path}: labels {unknown[:5]} not in the class names "
+                             f"({', '.join(names[:10])}{', ...' if len(names) > 10 else ''})")
+        return [lookup[r["label"]] if k == "name" else -1 for r, k in zip(rows, kinds)], names
+
+    def _samples(self, rows: list[dict[str, str]], labels: list[int]) -> dict[str, tuple[int, list[str]]]:
+        """name -> (label, parts): a name may be listed in several parts with one label."""
+        samples: dict[str, tuple[int, list[str]]] = {}
+        for row, label in zip(rows, labels):
+            part = row["split"] or "train"
+            if row["name"] not in samples:
+                samples[row["name"]] = (label, [part])
+                continue
+            known, parts = samples[row["name"]]
+            if known != label:
+                raise ValueError(f"{self.csv_path}, line {row['line']}: {row['name']!r} is listed "
+                                 f"again with another label")
+            if part in parts:
+                raise ValueError(f"{self.csv_path}, line {row['line']}: {row['name']!r} is listed "
+                                 f"twice in split {part!r}")
+            parts.append(part)
+        return samples
+
+    def _load(self, name: str, line: str) -> np.ndarray:
+        path = self._file(name)
+        if not path.exists():
+            raise FileNotFoundError(f"{self.csv_path}, line {line}: {path} not found (names are "
+                                    f"relative to {self.csv_path.parent}, the folder holding the CSV)")
+        x = load_array(path)
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4 or x.shape[2] != self.num_joints or 0 in x.shape:
+            raise ValueError(f"{path}: expected (T, {self.num_joints}, C) or "
+                             f"(M, T, {self.num_joints}, C) with T, M, C > 0 (the layout has "
+                             f"{self.num_joints} joints), got {x.shape}")
+        return x
 
     def write(self, out_dir: Path, key: str) -> None:
         rows = self.rows()
         if not rows:
             raise ValueError(f"{self.csv_path}: no samples")
         labels, class_names = self._labels(rows)
+        samples = self._samples(rows, labels)
+        lines = {}
+        for row in rows:
+            lines.setdefault(row["name"], row["line"])
+        cd = self.coord_dims
+        if cd is None:
+            first = [self._load(n, lines[n]) for n in list(samples)[:32]]
+            cd, why = infer_coord_dims(first)
+            log.info("custom data: coord_dims=%d read from the data (%s); set data.source.coord_dims "
+                     "if that is wrong", cd, why)
+        mode = resolve_normalize(self.normalize, cd)
         writer = None
         parts: dict[str, list[int]] = {}
         try:
-            for row, label in zip(rows, labels):
-                path = self._file(row["name"])
-                x = load_array(path)
-                if x.ndim == 3:
-                    x = x[None]
-                if x.ndim != 4 or x.shape[2] != self.num_joints or 0 in x.shape:
-                    raise ValueError(f"{path}: expected (T, {self.num_joints}, C) or "
-                                     f"(M, T, {self.num_joints}, C) with T, M, C > 0, got {x.shape}")
+            for name, (label, sample_parts) in samples.items():
+                x = self._load(name, lines[name])
                 if writer is None:
-                    channels = x.shape[-1]
-                    cd = self.coord_dims or min(channels, 3)
-                    mode = resolve_normalize(self.normalize, cd)
-                    writer = StoreWriter(out_dir, self.layout, channels, class_names=class_names,
+                    writer = StoreWriter(out_dir, self.layout, x.shape[-1], class_names=class_names,
                                          source=key, coord_dims=cd)
                 elif x.shape[-1] != writer.channels:
-                    raise ValueError(f"{path}: {x.shape[-1]} channels, earlier files have "
-                                     f"{writer.channels}")
+                    raise ValueError(f"{self._file(name)}: {x.shape[-1]} channels, earlier files "
+                                     f"have {writer.channels}")
                 x = normalize_sample(x, self.layout, mode, cd)
-                i = writer.add(row["name"], x, label)
-                parts.setdefault(row["split"] or "train", []).append(i)
+                i = writer.add(name, x, label)
+                for part in sample_parts:
+                    parts.setdefault(part, []).append(i)
             for part, idx in parts.items():
                 writer.set_split(self.split_name, part, idx)
             writer.close()
