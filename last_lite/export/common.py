@@ -46,19 +46,25 @@ def data_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
     if not path.is_file():
         raise FileNotFoundError(f"no data config: {path} does not exist (the run folder's "
                                 f"config.yaml); pass data_config=<yaml with a `data` key>")
+    from last_lite.config_checks import safe_data_config
+
     loaded = OmegaConf.load(path)
-    data = loaded.get("data") if "data" in loaded else loaded
-    if data is None or "_target_" not in data:
+    data = loaded.get("data") if isinstance(loaded, DictConfig) and "data" in loaded else loaded
+    if data is None or not isinstance(data, DictConfig) or "_target_" not in data:
         raise ValueError(f"{path} holds no `data` group with a _target_")
-    data = OmegaConf.merge(data, OmegaConf.create(OmegaConf.to_container(
-        cfg.get("data_overrides") or {}, resolve=True)))
-    return data
+    overrides = cfg.get("data_overrides")
+    overrides = OmegaConf.to_container(overrides, resolve=True) if isinstance(overrides, DictConfig) else {}
+    data = OmegaConf.merge(data, OmegaConf.create(overrides))
+    # A run folder's config is data, not code: only the project's own classes are built from it.
+    return OmegaConf.create(safe_data_config(data, str(path)))
 
 
 def build_datamodule(data_cfg: DictConfig):
     from hydra.utils import instantiate
 
-    dm = instantiate(data_cfg, _convert_="all")
+    from last_lite.config_checks import safe_data_config
+
+    dm = instantiate(safe_data_config(data_cfg, "the data config"), _convert_="all")
     dm.prepare_data()
     dm.setup("test")
     return dm

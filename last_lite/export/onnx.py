@@ -28,6 +28,9 @@ import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from last_lite.io import atomic_write
+from last_lite.runtime.integrity import KEY as INTEGRITY_KEY
+from last_lite.runtime.integrity import PLACEHOLDER as INTEGRITY_PLACEHOLDER
+from last_lite.runtime.integrity import stamp as stamp_integrity
 from last_lite.models.registry import average_clips
 from last_lite.runtime.session import ort_session, session_logits  # noqa: F401  (ort_session: re-exported)
 
@@ -412,8 +415,10 @@ def export_onnx(model: nn.Module, path: str | Path, *, clip_len: int, max_person
             set_metadata(proto, metadata)
         proto.producer_name = "last_lite"
         proto.doc_string = "last_lite skeleton action recognition; see metadata_props"
+        set_metadata(proto, {INTEGRITY_KEY: json.dumps(INTEGRITY_PLACEHOLDER)})
         onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, str(tmp))
+        stamp_integrity(tmp)  # the file's SHA-256 into its own `integrity` field
 
     atomic_write(path, write)
     counts = op_counts(path)

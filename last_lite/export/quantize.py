@@ -20,6 +20,7 @@ HardSwish islands into integer Add/Mul.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -27,6 +28,9 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from last_lite.io import atomic_write
+from last_lite.runtime.integrity import KEY as INTEGRITY_KEY
+from last_lite.runtime.integrity import PLACEHOLDER as INTEGRITY_PLACEHOLDER
+from last_lite.runtime.integrity import stamp as stamp_integrity
 
 log = logging.getLogger(__name__)
 
@@ -169,10 +173,12 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: Sequ
             finally:
                 raw.unlink(missing_ok=True)
             set_metadata(model, {p.key: p.value for p in source.metadata_props})
+            set_metadata(model, {INTEGRITY_KEY: json.dumps(INTEGRITY_PLACEHOLDER)})
             compact_model(model, short_names=short_names)
             model.producer_name = "last_lite"
             onnx.checker.check_model(model)
             onnx.save(model, str(tmp))
+            stamp_integrity(tmp)  # this file's own SHA-256 (not the FP32 file's)
 
         atomic_write(out_path, write)
     finally:

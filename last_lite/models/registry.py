@@ -71,6 +71,9 @@ def build_model(spec: Mapping[str, Any]) -> nn.Module:
     factory = getattr(import_module(module_name), attr, None)
     if not callable(factory):
         raise ValueError(f"model _target_ {target!r} is not a callable")
+    # defined in last_lite.models, not merely reachable from it (e.g. an imported os.system)
+    if not str(getattr(factory, "__module__", "")).startswith("last_lite.models."):
+        raise ValueError(f"model _target_ {target!r} is not defined in last_lite.models")
     return factory(**kwargs)
 
 

@@ -19,10 +19,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Iterator, TextIO
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from last_lite.runtime.inputs import InputError, ModelFileError, frames_from_json_lines, read_npy_recording
 from last_lite.runtime.recognizer import ActionRecognizer
 
 
@@ -51,33 +52,47 @@ def read_ntu_skeleton(path: str | Path, denoise: bool = True) -> np.ndarray:
     return body if body.shape[0] else np.zeros((1, body.shape[1], 25, 3), np.float32)
 
 
-def frames_from_json_lines(stream: TextIO) -> Iterator[Any]:
-    for n, line in enumerate(stream, 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"line {n}: not JSON ({exc})") from None
-        yield obj
+def _report(n: int, reason: str) -> None:
+    print(f"last_lite.runtime: line {n} skipped: {reason}", file=sys.stderr, flush=True)
 
 
-def load_recording(source: str, denoise: bool = True) -> tuple[Iterable[Any], np.ndarray | None]:
-    """(frames, whole recording (M, T, V, C) when the input is a file of known length)."""
+def load_recording(source: str, rec: ActionRecognizer, denoise: bool = True,
+                   report=_report) -> tuple[Iterable[Any], np.ndarray | None]:
+    """(frames, whole recording (M, T, V, C) when the input is a file of known length). Every
+    reader is bounded by the model (:mod:`last_lite.runtime.inputs`); a bad JSON line is reported
+    and skipped; a bad file is an InputError naming it."""
+    joints, channels, persons = rec.num_joints, rec.channels, rec.info.max_persons
     if source == "-":
-        return frames_from_json_lines(sys.stdin), None
+        return frames_from_json_lines(sys.stdin.buffer, joints, channels, persons, report), None
     path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such input file: {path}")
+    if not path.exists():
+        raise InputError(f"no such input file: {path}")
+    if path.is_dir():
+        raise InputError(f"input {path} is a folder, not a file")
     if path.suffix == ".skeleton":
-        x = read_ntu_skeleton(path, denoise)
+        from last_lite.data.ntu_skeleton import SkeletonFormatError
+
+        if not path.is_file():
+            raise InputError(f"input {path} is not a regular file")
+        if (joints, channels) != (25, 3):
+            raise InputError(f"{path}: an NTU .skeleton holds 25 joints of 3 values, the model "
+                             f"expects {joints} of {channels}")
+        try:
+            x = read_ntu_skeleton(path, denoise)
+        except (SkeletonFormatError, OSError) as exc:
+            raise InputError(f"{path}: {exc}") from None
+        x = np.asarray(x[:persons])
         return frames_from_array(x), x
     if path.suffix == ".npy":
-        x = np.load(path, allow_pickle=False)
-        x = x[None] if x.ndim == 3 else x
+        x = read_npy_recording(path, joints, channels, persons)
         return frames_from_array(x), x
-    return frames_from_json_lines(path.open("r", encoding="utf-8")), None
+    if not path.is_file():
+        raise InputError(f"input {path} is not a regular file")
+    try:
+        stream = path.open("rb")
+    except OSError as exc:
+        raise InputError(f"input {path} cannot be read: {exc.strerror or exc}") from None
+    return frames_from_json_lines(stream, joints, channels, persons, report), None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -108,7 +123,12 @@ def resolve_model(spec: str) -> str:
     from last_lite.zoo import zoo_onnx
 
     name, _, kind = spec[len("zoo:"):].partition(":")
-    return str(zoo_onnx(name, kind or "onnx_int8"))
+    try:
+        return str(zoo_onnx(name, kind or "onnx_int8"))
+    except KeyError as exc:  # an unknown name or kind: the message lists the known ones
+        raise ModelFileError(str(exc.args[0]) if exc.args else str(exc)) from None
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(f"zoo model {name!r}: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     rec = ActionRecognizer(resolve_model(args.model), window=args.window, stride=args.stride,
                            min_frames=args.min_frames, threads=args.threads)
     info = rec.info
-    frames, whole = load_recording(args.input, denoise=not args.no_denoise)
+    frames, whole = load_recording(args.input, rec, denoise=not args.no_denoise)
     if not args.json:
         print(f"model {info.model}: {len(info.class_names)} classes, layout "
               f"{info.layout if isinstance(info.layout, str) else 'custom'}, clip {info.clip_len}, "
@@ -150,8 +170,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli(argv: list[str] | None = None) -> int:
+    """:func:`main` with every refusal (model file, input, zoo name) as one line on stderr and
+    exit status 2, never a traceback."""
     try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError) as exc:
-        sys.exit(f"last_lite.runtime: error: {exc}")
+        return main(argv)
+    except (InputError, ModelFileError, FileNotFoundError) as exc:
+        print(f"last_lite.runtime: error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # e.g. --window 0
+        print(f"last_lite.runtime: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `... | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

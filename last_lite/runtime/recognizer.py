@@ -20,11 +20,13 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from last_lite.data.normalize import normalize_clip
-from last_lite.skeleton import get_layout
+from last_lite.data.normalize import TEMPORAL_MODES, normalize_clip
+from last_lite.runtime.inputs import InputError, ModelFileError, clean_frame, read_model_bytes
 from last_lite.runtime.session import ort_session
+from last_lite.skeleton import get_layout
 
-__all__ = ["ActionRecognizer", "ModelInfo", "Prediction", "as_frame", "read_model_info"]
+__all__ = ["ActionRecognizer", "InputError", "ModelFileError", "ModelInfo", "Prediction", "as_frame",
+           "read_model_info"]
 
 
 @dataclass(frozen=True)
@@ -91,72 +93,106 @@ def _decode(meta: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
+_CAPS = {"clip_len": 100_000, "max_persons": 64, "in_channels": 64, "num_clips": 64, "classes": 100_000,
+         "joints": 10_000}
+
+
+def _meta_int(value: Any, key: str, cap: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= cap:
+        raise ModelFileError(f"model metadata {key} must be an integer in [1, {cap}], got {value!r:.80}")
+    return value
+
+
+def _input_dims(session) -> tuple[str, list[Any], Any]:
+    try:
+        inp, out = session.get_inputs()[0], session.get_outputs()[0]
+        return inp.name, list(inp.shape), (list(out.shape) or [None])[-1]
+    except (IndexError, AttributeError):
+        raise ModelFileError("the model has no input or no output") from None
+
+
 def read_model_info(session_or_meta, input_name: str | None = None) -> ModelInfo:
-    """ModelInfo from an InferenceSession (or its decoded/undecoded custom metadata map)."""
+    """ModelInfo from an InferenceSession (or its decoded/undecoded custom metadata map). Every
+    value is checked (types, ranges, and against the model's declared input and output shapes),
+    so a damaged or hand-edited metadata entry is a :class:`ModelFileError`, never a huge
+    allocation or a TypeError later."""
+    dims: list[Any] = []
+    outputs = None
     if hasattr(session_or_meta, "get_modelmeta"):
-        meta = _decode(session_or_meta.get_modelmeta().custom_metadata_map)
-        input_name = input_name or session_or_meta.get_inputs()[0].name
+        try:
+            meta = _decode(session_or_meta.get_modelmeta().custom_metadata_map)
+        except (UnicodeDecodeError, RuntimeError) as exc:  # damaged metadata bytes
+            raise ModelFileError(f"the model's metadata is unreadable ({type(exc).__name__})") from None
+        name, dims, outputs = _input_dims(session_or_meta)
+        input_name = input_name or name
     else:
         meta = _decode(dict(session_or_meta))
     missing = [k for k in ("class_names", "layout", "clip_len", "max_persons", "normalization")
                if k not in meta]
     if missing:
-        raise ValueError(f"the model has no last_lite metadata ({', '.join(missing)} missing): "
-                         f"export it with `python -m last_lite.export`")
-    norm = dict(meta["normalization"] or {})
+        raise ModelFileError(f"the model has no last_lite metadata ({', '.join(missing)} missing): "
+                             f"export it with `python -m last_lite.export`")
+    names = meta["class_names"]
+    if not isinstance(names, list) or not 1 <= len(names) <= _CAPS["classes"] \
+            or not all(isinstance(n, str) and len(n) <= 1000 for n in names):
+        raise ModelFileError(f"model metadata class_names must be a list of 1 to {_CAPS['classes']} "
+                             f"strings, got {str(names)[:80]}")
+    norm = meta["normalization"]
+    if norm is None:
+        norm = {}
+    if not isinstance(norm, Mapping):
+        raise ModelFileError(f"model metadata normalization must be a mapping, got {str(norm)[:80]}")
+    clip_len = _meta_int(meta["clip_len"], "clip_len", _CAPS["clip_len"])
+    max_persons = _meta_int(meta["max_persons"], "max_persons", _CAPS["max_persons"])
+    in_channels = _meta_int(meta.get("in_channels", 3), "in_channels", _CAPS["in_channels"])
+    coord_dims = _meta_int(norm.get("coord_dims", meta.get("coord_dims", min(in_channels, 3))),
+                           "coord_dims", in_channels)
+    num_clips = _meta_int(norm.get("num_clips", 1), "normalization.num_clips", _CAPS["num_clips"])
+    try:
+        layout = get_layout(meta["layout"])
+    except Exception as exc:  # any malformed layout is the file's fault
+        raise ModelFileError(f"model metadata layout is not a valid layout: {type(exc).__name__}: "
+                             f"{str(exc)[:120]}") from None
+    joints = _meta_int(layout.num_joints, "layout joints", _CAPS["joints"])
+    # the metadata must describe the network's own input and output
+    for axis, (key, value) in enumerate((("in_channels", in_channels), ("clip_len", clip_len),
+                                         ("layout joints", joints), ("max_persons", max_persons)), 1):
+        if len(dims) > axis and isinstance(dims[axis], int) and dims[axis] != value:
+            raise ModelFileError(f"model metadata {key}={value} differs from the network's input "
+                                 f"shape {dims}")
+    if isinstance(outputs, int) and outputs != len(names):
+        raise ModelFileError(f"model metadata lists {len(names)} class names, the network outputs {outputs}")
     pre = norm.get("prenormalize")
-    in_channels = int(meta.get("in_channels", 3))
+    if pre not in (None, "none", "3d", "2d"):
+        raise ModelFileError(f"model metadata normalization.prenormalize must be none, 3d or 2d, got {pre!r:.80}")
+    mode = norm.get("mode", "resize")
+    if mode not in TEMPORAL_MODES:
+        raise ModelFileError(f"model metadata normalization.mode must be one of {TEMPORAL_MODES}, got {mode!r:.80}")
+    crop = norm.get("crop_ratio", 0.95)
+    if isinstance(crop, bool) or not isinstance(crop, (int, float)) or not 0 < crop <= 1:
+        raise ModelFileError(f"model metadata normalization.crop_ratio must be in (0, 1], got {crop!r:.80}")
+    spatial = norm.get("spatial_norm")
+    if spatial not in (None, "none", "minmax"):
+        raise ModelFileError(f"model metadata normalization.spatial_norm must be none or minmax, got {spatial!r:.80}")
+    source = norm.get("source")
     return ModelInfo(
-        model=str(meta.get("model", "?")), class_names=tuple(meta["class_names"]),
-        layout=meta["layout"], clip_len=int(meta["clip_len"]), max_persons=int(meta["max_persons"]),
-        in_channels=in_channels,
-        coord_dims=int(norm.get("coord_dims", meta.get("coord_dims", min(in_channels, 3)))),
+        model=str(meta.get("model", "?"))[:200], class_names=tuple(names),
+        layout=meta["layout"], clip_len=clip_len, max_persons=max_persons,
+        in_channels=in_channels, coord_dims=coord_dims,
         prenormalize=None if pre in (None, "none") else str(pre),
-        mode=str(norm.get("mode", "resize")), crop_ratio=float(norm.get("crop_ratio", 0.95)),
-        num_clips=int(norm.get("num_clips", 1)),
-        spatial_norm=None if norm.get("spatial_norm") in (None, "none") else str(norm["spatial_norm"]),
+        mode=str(mode), crop_ratio=float(crop), num_clips=num_clips,
+        spatial_norm=None if spatial in (None, "none") else str(spatial),
         input_name=input_name or "skeleton",
-        source=norm.get("source"), raw=meta)
+        source=None if source is None else str(source), raw=meta)
 
 
-def as_frame(frame: Any, num_joints: int, channels: int) -> np.ndarray:
-    """One frame as (persons, V, C) float32.
-
-    Accepts an array (M, V, C) or (V, C) (one person), a list of persons (each a list of V
-    joints, each a list of C numbers; a ``null`` joint or person is absent = zeros), a mapping
-    ``{"persons": [...]}`` (the JSON-lines schema), or None / [] (nobody in the frame).
-    """
-    if isinstance(frame, Mapping):
-        if "persons" not in frame:
-            raise ValueError(f"a frame mapping needs a 'persons' key, got keys {sorted(frame)}")
-        frame = frame["persons"]
-    if frame is None:
-        return np.zeros((0, num_joints, channels), np.float32)
-    if not isinstance(frame, np.ndarray):
-        persons = []
-        for p, person in enumerate(frame):
-            if person is None:
-                persons.append(np.zeros((num_joints, channels), np.float32))
-                continue
-            if len(person) != num_joints:
-                raise ValueError(f"person {p} has {len(person)} joints, the model's layout has {num_joints}")
-            joints = np.zeros((num_joints, channels), np.float32)
-            for j, joint in enumerate(person):
-                if joint is None:
-                    continue
-                if len(joint) != channels:
-                    raise ValueError(f"person {p} joint {j} has {len(joint)} values, the model "
-                                     f"expects {channels}")
-                joints[j] = joint
-            persons.append(joints)
-        return np.stack(persons) if persons else np.zeros((0, num_joints, channels), np.float32)
-    arr = np.asarray(frame, dtype=np.float32)
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim != 3 or arr.shape[1:] != (num_joints, channels):
-        raise ValueError(f"a frame must be (persons, {num_joints}, {channels}) or ({num_joints}, "
-                         f"{channels}), got {arr.shape}")
-    return arr
+def as_frame(frame: Any, num_joints: int, channels: int, max_persons: int = _CAPS["max_persons"]) -> np.ndarray:
+    """One frame as (persons, V, C) float32 (:func:`last_lite.runtime.inputs.clean_frame`):
+    an array (M, V, C) or (V, C), a list of persons (each a list of V joints, each a list of C
+    numbers; a ``null`` joint or person is absent = zeros; a joint with a NaN or infinite value
+    too), a mapping ``{"persons": [...]}`` (the JSON-lines schema), or None / [] (nobody).
+    Persons beyond ``max_persons`` are dropped. Raises :class:`InputError` for anything else."""
+    return clean_frame(frame, num_joints, channels, max_persons)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -183,13 +219,26 @@ class ActionRecognizer:
                  min_frames: int | None = None, threads: int | None = None,
                  providers: Sequence[str] | None = None) -> None:
         self.model_path = Path(model_path)
-        self.session = ort_session(model_path, threads=threads, providers=providers, quiet=True)
-        self.info = read_model_info(self.session)
+        # the bytes are read once, bounded and hash-checked, and handed to ONNX Runtime as such
+        data, self.integrity_checked = read_model_bytes(self.model_path)
+        try:
+            self.session = ort_session(data, threads=threads, providers=providers, quiet=True)
+        except Exception as exc:  # ORT's own types (InvalidProtobuf, Fail, ...): name the file
+            raise ModelFileError(f"{self.model_path} is not a loadable ONNX model "
+                                 f"({type(exc).__name__}: {str(exc)[:200]})") from None
+        del data
+        try:
+            self.info = read_model_info(self.session)
+        except ModelFileError as exc:
+            raise ModelFileError(f"{self.model_path}: {exc}") from None
+        if self.integrity_checked is None and "integrity" in self.info.raw:
+            raise ModelFileError(f"{self.model_path} is damaged: its integrity field is unreadable")
         self.layout = get_layout(self.info.layout)
         self.window = int(window or self.info.clip_len)
         self.stride = int(stride or max(1, self.info.clip_len // 8))
         self.min_frames = int(min_frames or self.window)
-        if self.window < 1 or self.stride < 1 or not 1 <= self.min_frames <= self.window:
+        if not 1 <= self.window <= 100 * max(self.info.clip_len, 100) or self.stride < 1 \
+                or not 1 <= self.min_frames <= self.window:
             raise ValueError(f"need window >= 1, stride >= 1 and 1 <= min_frames <= window; got "
                              f"window={self.window}, stride={self.stride}, min_frames={self.min_frames}")
         self._frames: deque[np.ndarray] = deque(maxlen=self.window)
@@ -221,7 +270,7 @@ class ActionRecognizer:
     # -- streaming -------------------------------------------------------------------------------
     def push(self, frame: Any) -> Prediction | None:
         """Add one frame ((M, V, C), (V, C), per-person joint lists or {"persons": ...})."""
-        self._frames.append(as_frame(frame, self.num_joints, self.channels))
+        self._frames.append(clean_frame(frame, self.num_joints, self.channels, self.info.max_persons))
         self._count += 1
         self._since += 1
         if len(self._frames) >= self.min_frames and self._since >= self.stride:
@@ -255,11 +304,17 @@ class ActionRecognizer:
     def preprocess(self, keypoints: np.ndarray) -> np.ndarray:
         """(M, T, V, C) raw keypoints -> the model input (num_clips, C, clip_len, V, max_persons),
         through :func:`normalize_clip` with the test loader's arguments."""
-        x = np.asarray(keypoints, dtype=np.float32)
+        x = np.asarray(keypoints)
+        if x.dtype.kind not in "biuf":
+            raise InputError(f"keypoints must be numeric, got dtype {x.dtype}")
         if x.ndim == 3:
             x = x[None]
-        if x.ndim != 4 or x.shape[2:] != (self.num_joints, self.channels):
-            raise ValueError(f"keypoints must be (M, T, {self.num_joints}, {self.channels}), got {x.shape}")
+        if x.ndim != 4 or x.shape[2:] != (self.num_joints, self.channels) or x.shape[1] < 1:
+            raise InputError(f"keypoints must be (M, T, {self.num_joints}, {self.channels}) with T >= 1, "
+                             f"got {x.shape}")
+        # the persons the model uses; NaN/inf joints absent (zeros), absurd coordinates refused
+        x = np.stack([clean_frame(x[:, t], self.num_joints, self.channels, self.info.max_persons)
+                      for t in range(x.shape[1])], axis=1)
         info = self.info
         clips = [normalize_clip(x, self.layout, info.clip_len, info.max_persons, mode=info.mode,
                                 crop_ratio=info.crop_ratio, num_clips=info.num_clips, clip_index=k,
@@ -277,6 +332,9 @@ class ActionRecognizer:
         started = time.perf_counter()
         x = self.preprocess(keypoints)
         logits = self.logits(x).mean(axis=0)
+        if not np.isfinite(logits).all():
+            raise InputError("the model's output is not finite for this input (coordinates far "
+                             "outside what it was trained on?)")
         probs = _softmax(logits.astype(np.float64))
         k = int(np.argmax(logits))
         ms = (time.perf_counter() - started) * 1e3

@@ -14,10 +14,10 @@ import numpy as np
 OPTIMIZATION_LEVELS = ("none", "basic", "extended", "all")
 
 
-def ort_session(path: str | Path, threads: int | None = None, optimization: str = "all",
+def ort_session(path: str | Path | bytes, threads: int | None = None, optimization: str = "all",
                 providers: Sequence[str] | None = None, optimized_path: str | Path | None = None,
                 quiet: bool = False):
-    """An InferenceSession (CPU unless ``providers``); ``threads`` sets intra-op threads (None:
+    """An InferenceSession of a file (or the model's bytes) (CPU unless ``providers``); ``threads`` sets intra-op threads (None:
     ORT's default) with one inter-op thread; ``optimized_path`` saves ORT's optimised graph."""
     import onnxruntime as ort
 
@@ -33,7 +33,8 @@ def ort_session(path: str | Path, threads: int | None = None, optimization: str 
         level.ORT_ENABLE_ALL)))[optimization]
     if optimized_path is not None:
         opts.optimized_model_filepath = str(optimized_path)
-    return ort.InferenceSession(str(path), sess_options=opts,
+    model = bytes(path) if isinstance(path, (bytes, bytearray)) else str(path)
+    return ort.InferenceSession(model, sess_options=opts,
                                 providers=list(providers or ["CPUExecutionProvider"]))
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from last_lite.config_checks import parse_bool
 from last_lite.data.normalize import pre_normalize_3d
 from last_lite.data.ntu_skeleton import SkeletonFormatError
 from last_lite.data.sources import Source
@@ -69,7 +70,7 @@ class NWUCLASource(Source):
     def __init__(self, root: str | Path = "../shared/data/nw_ucla", normalize: bool = True) -> None:
         root = Path(root)
         self.dir = root / "all_sqe" if (root / "all_sqe").is_dir() else root
-        self.normalize = bool(normalize)
+        self.normalize = parse_bool(normalize, "normalize (data.source.normalize)")
 
     def files(self) -> list[Path]:
         if not self.dir.is_dir():

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from last_lite.config_checks import parse_bool
 from last_lite.data.sources import Source
 from last_lite.data.sources.custom import normalize_sample, plain, resolve_normalize
 from last_lite.data.store import StoreWriter
@@ -55,7 +56,8 @@ class PYSKLSource(Source):
     def __init__(self, path: str | Path, trusted: bool = False, layout: Any = None,
                  normalize: str = "auto", class_names: Sequence[str] | None = None) -> None:
         self.path = Path(path)
-        self.trusted = bool(trusted)
+        # strictly: bool("false") is True, and this flag decides whether a pickle is opened
+        self.trusted = parse_bool(trusted, "trusted (data.source.trusted)")
         if not self.trusted:
             raise _refuse(self.path)
         self.layout = layout if layout is None or isinstance(layout, str) else plain(layout)
@@ -73,7 +75,7 @@ class PYSKLSource(Source):
                 "normalize": self.normalize, "class_names": self.class_names}
 
     def load(self) -> dict:
-        if not self.trusted:
+        if self.trusted is not True:
             raise _refuse(self.path)
         with open(self.path, "rb") as f:
             data = pickle.load(f)  # noqa: S301 -- explicitly trusted by the user

@@ -1,0 +1,283 @@
+"""Configuration checks shared by every command (no torch import).
+
+- :func:`parse_bool`: a strict boolean (``True``/``False`` or the strings true/false/yes/no/1/0;
+  anything else is an error). ``bool("false")`` is True, so no security flag is read with ``bool()``.
+- :func:`check_targets` / :func:`safe_data_config`: a config read from a file (a run folder's
+  ``config.yaml``) is data, not code: every ``_target_`` in it must be one of the project's own
+  classes (an allow-list), checked before anything is instantiated.
+- :func:`validate_run_config`: the values a command will use (``data.clip_len``, ``optim.lr``,
+  ``trainer.max_epochs``, ...) checked once, before the run folder, the data cache or the store
+  exist, with a message naming the key, what it must be and what it got.
+- :func:`did_you_mean`: the closest known keys for a misspelt one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Any, Callable, Iterable, Mapping
+
+__all__ = ["ConfigError", "DATA_TARGETS", "check_targets", "did_you_mean", "parse_bool",
+           "safe_data_config", "validate_run_config"]
+
+
+class ConfigError(ValueError):
+    """A configuration value the project refuses (the message names the key and the fix)."""
+
+
+_TRUE = {"true", "yes", "1", "on"}
+_FALSE = {"false", "no", "0", "off"}
+
+
+def parse_bool(value: Any, name: str) -> bool:
+    """``value`` as a boolean, strictly: a bool, the integers 0/1, or one of the strings
+    true/false/yes/no/on/off/1/0 (any case, surrounding blanks ignored). Anything else
+    (``None``, ``"maybe"``, ``2``, a list) raises :class:`ConfigError` naming ``name``."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+
+# ------------------------------------------------------------------------------------------------
+# _target_ allow-lists
+# ------------------------------------------------------------------------------------------------
+#: What a data config read from a file may build: the DataModule and the project's sources.
+DATA_TARGETS = frozenset({
+    "last_lite.data.datamodule.SkeletonDataModule",
+    "last_lite.data.sources.synthetic.SyntheticSource",
+    "last_lite.data.sources.nw_ucla.NWUCLASource",
+    "last_lite.data.sources.custom.CustomSource",
+    "last_lite.data.sources.pyskl.PYSKLSource",
+    "last_lite.data.sources.ctrgcn.CTRGCNSource",
+    "last_lite.data.sources.ntu.NTUSource",
+})
+
+_HYDRA_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
+
+
+def _targets(node: Any, where: str) -> Iterable[tuple[str, Any]]:
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            path = f"{where}.{key}" if where else str(key)
+            if key == "_target_":
+                yield path, value
+            else:
+                yield from _targets(value, path)
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            yield from _targets(value, f"{where}[{i}]")
+
+
+def check_targets(node: Any, allowed: Callable[[str], bool] | Iterable[str], source: str,
+                  where: str = "") -> None:
+    """Refuse (``ConfigError``) any ``_target_`` anywhere in ``node`` (a plain container) that
+    ``allowed`` does not accept; ``source`` names the file for the message."""
+    accept = allowed if callable(allowed) else frozenset(allowed).__contains__
+    for path, target in _targets(node, where):
+        if not isinstance(target, str) or not accept(target):
+            raise ConfigError(f"{source}: {path} = {target!r} is not one of the project's classes; "
+                              f"a config read from a file is data, not code, so only these are "
+                              f"built: {', '.join(sorted(DATA_TARGETS))}")
+
+
+def safe_data_config(data: Any, source: str) -> dict:
+    """A ``data`` config read from ``source`` (a run folder's config.yaml) as a plain dict whose
+    every ``_target_`` is in :data:`DATA_TARGETS`; the top level must be the DataModule."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(data, DictConfig):
+        try:
+            data = OmegaConf.to_container(data, resolve=True)
+        except Exception as exc:  # an interpolation that does not resolve
+            raise ConfigError(f"{source}: the data config does not resolve: {exc}") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: the data config must be a mapping, got {type(data).__name__}")
+    check_targets(data, DATA_TARGETS, source, "data")
+    if data.get("_target_") != "last_lite.data.datamodule.SkeletonDataModule":
+        raise ConfigError(f"{source}: data._target_ must be last_lite.data.datamodule.SkeletonDataModule, "
+                          f"got {data.get('_target_')!r}")
+    return dict(data)
+
+
+# ------------------------------------------------------------------------------------------------
+# did you mean
+# ------------------------------------------------------------------------------------------------
+def did_you_mean(key: str, known: Iterable[str], n: int = 3) -> str:
+    """``" (did you mean: a, b?)"`` for the closest of ``known`` to ``key``, or ``""``."""
+    known = list(dict.fromkeys(str(k) for k in known))
+    close = difflib.get_close_matches(key, known, n=n, cutoff=0.6)
+    if not close and "." in key:  # compare the last part with the last parts of known keys
+        head, _, tail = key.rpartition(".")
+        tails = {k.rpartition(".")[2]: k for k in known if k.rpartition(".")[0] == head}
+        close = [tails[t] for t in difflib.get_close_matches(tail, list(tails), n=n, cutoff=0.6)]
+    return f" (did you mean: {', '.join(close)}?)" if close else ""
+
+
+def config_keys(cfg: Any, prefix: str = "") -> list[str]:
+    """Every dotted key path of a (plain or OmegaConf) mapping, without resolving values."""
+    from omegaconf import DictConfig
+
+    out: list[str] = []
+    items = cfg.items_ex(resolve=False) if isinstance(cfg, DictConfig) else (cfg or {}).items()
+    for key, value in items:
+        path = f"{prefix}.{key}" if prefix else str(key)
+        out.append(path)
+        if isinstance(value, (Mapping, DictConfig)):
+            out.extend(config_keys(value, path))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# values
+# ------------------------------------------------------------------------------------------------
+def _get(cfg: Any, dotted: str) -> tuple[bool, Any]:
+    node = cfg
+    for part in dotted.split("."):
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        else:
+            return False, None
+    return True, node
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive_int(value):
+    return _is_int(value) and value >= 1, "a positive integer"
+
+
+def _non_negative_int(value):
+    return _is_int(value) and value >= 0, "a non-negative integer"
+
+
+def _positive_number(value):
+    return _is_number(value) and value > 0, "a positive finite number"
+
+
+def _non_negative_number(value):
+    return _is_number(value) and value >= 0, "a non-negative finite number"
+
+
+def _fraction(value):
+    return _is_number(value) and 0 <= value < 1, "a number in [0, 1)"
+
+
+def _probability(value):
+    return _is_number(value) and 0 <= value <= 1, "a number in [0, 1]"
+
+
+def _boolean(value):
+    return isinstance(value, bool), "true or false"
+
+
+def _max_epochs(value):
+    # -1 is Lightning's "no limit"; it is refused here: a run must end (and 0 trains nothing).
+    return _is_int(value) and value >= 1, "a positive integer (0 would record an untrained model)"
+
+
+def _optional_positive_int(value):
+    return value is None or (_is_int(value) and value >= 1), "null or a positive integer"
+
+
+def _seed(value):
+    return _is_int(value) and 0 <= value < 2 ** 32, "an integer in [0, 2^32)"
+
+
+#: key -> check, for keys present in the composed config (absent keys are not required here).
+VALUE_CHECKS: dict[str, Callable[[Any], tuple[bool, str]]] = {
+    "seed": _seed,
+    "threads": _optional_positive_int,
+    "data.clip_len": _positive_int,
+    "data.batch_size": _positive_int,
+    "data.num_workers": _non_negative_int,
+    "data.max_persons": _positive_int,
+    "data.val_fraction": _fraction,
+    "data.seed": _seed,
+    "data.test_clips": _positive_int,
+    "data.unlabelled": _boolean,
+    "data.train_transform.rotate": _non_negative_number,
+    "data.train_transform.scale": _non_negative_number,
+    "data.train_transform.shear": _non_negative_number,
+    "data.train_transform.noise_std": _non_negative_number,
+    "data.train_transform.test_crop_ratio": _probability,
+    "optim.lr": _positive_number,
+    "optim.weight_decay": _non_negative_number,
+    "optim.momentum": _probability,
+    "trainer.max_epochs": _max_epochs,
+    "trainer.limit_train_batches": lambda v: (v is None or (_is_number(v) and v > 0),
+                                              "null, a positive fraction or a positive batch count"),
+    "trainer.accumulate_grad_batches": _positive_int,
+    "module.label_smoothing": _fraction,
+    "module.max_nonfinite_steps": _non_negative_int,
+    "test_clips": _positive_int,
+    "parity.samples": _positive_int,
+    "eval_batch_size": _positive_int,
+    "latency.repeats": _positive_int,
+    "latency.warmup": _non_negative_int,
+    "workers": _positive_int,
+    "distill.alpha": _probability,
+    "distill.tau": _positive_number,
+}
+
+_CHOICES = {
+    "data.val_split": ("holdout", "test", "split"),
+    "data.on_bad_values": ("drop", "error"),
+    "selection": ("auto", "last", "best_val"),
+}
+
+
+def validate_run_config(cfg: Any, command: str) -> None:
+    """Check the values ``command`` will use; raise :class:`ConfigError` listing every bad one
+    (``data.clip_len must be a positive integer, got 0``). Interpolations are resolved first, so
+    an unresolvable value is reported too. Keys absent from the config are not checked."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(cfg, DictConfig):
+        plain = {}
+        problems = []
+        for key in cfg:
+            if key == "hydra":
+                continue
+            try:
+                plain[key] = OmegaConf.to_container(cfg[key], resolve=True) \
+                    if isinstance(cfg[key], (DictConfig,)) or OmegaConf.is_list(cfg[key]) else cfg[key]
+            except Exception as exc:
+                problems.append(f"{key}: {exc}")
+        if problems:
+            raise ConfigError(f"{command}: the config does not resolve: " + "; ".join(problems))
+    else:
+        plain = dict(cfg)
+    problems = []
+    for key, check in VALUE_CHECKS.items():
+        found, value = _get(plain, key)
+        if not found:
+            continue
+        ok, what = check(value)
+        if not ok:
+            problems.append(f"{key} must be {what}, got {value!r}")
+    for key, choices in _CHOICES.items():
+        found, value = _get(plain, key)
+        if found and value not in choices:
+            problems.append(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+    found, source = _get(plain, "data.source")
+    if found and isinstance(source, Mapping) and "trusted" in source:
+        try:
+            parse_bool(source["trusted"], "data.source.trusted")
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError(f"{command}: invalid config: " + "; ".join(problems))
