@@ -20,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from last_lite.config_checks import DATA_TARGETS, check_targets
 from last_lite.io import atomic_write_json
 from last_lite.models.profile import count_parameters
 from last_lite.training.base import ClassifierPhase
@@ -105,6 +106,8 @@ def resolve_data(cfg: DictConfig, hparams: dict) -> str:
     data, origin = trained_data_config(str(cfg.ckpt), hparams)
     if data is None:  # an old checkpoint of custom data: the command line's data it is
         return dataset_name()
+    # read from a file (the checkpoint, a run folder's config.yaml): data, not code
+    check_targets(data, DATA_TARGETS, origin, "data")
     node = OmegaConf.create(data)
     for key in keys:
         OmegaConf.update(node, key[len("data."):], OmegaConf.select(cfg, key), merge=False)

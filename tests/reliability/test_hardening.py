@@ -482,3 +482,17 @@ def test_model_file_reader_refuses_every_damaged_copy(tmp_path):
     assert refused >= 190
     with pytest.raises(ModelFileError):
         read_model_bytes(tmp_path)
+
+
+def test_evaluate_refuses_a_planted_target_in_the_checkpoints_or_run_folders_data_config(tmp_path):
+    """The neighbour of export: evaluate reads the trained data config from the checkpoint or
+    the run folder's config.yaml; a foreign _target_ there is refused before anything is built."""
+    from last_lite.evaluate import resolve_data
+
+    marker = tmp_path / "code-ran"
+    evil = {"_target_": "last_lite.data.datamodule.SkeletonDataModule",
+            "source": {"_target_": "builtins.open", "file": str(marker), "mode": "w"}}
+    cfg = OmegaConf.create({"ckpt": str(tmp_path / "x.ckpt"), "data": {}})
+    with pytest.raises(ConfigError, match="builtins.open"):
+        resolve_data(cfg, {"data_spec": {"data_config": evil}})
+    assert not marker.exists()
