@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("folder", type=Path, help="a multirun folder (outputs/multirun/<date>/<time>_<task>), or "
                         "a folder of links to single runs")
     args = parser.parse_args(argv)
+    if not args.folder.is_dir():
+        parser.exit(2, f"summarize: error: {args.folder} is not a folder (a multirun prints its folder "
+                       f"when it ends, e.g. outputs/multirun/<date>/<time>_distill)\n")
     print(write_tables(args.folder))
 
 

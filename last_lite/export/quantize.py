@@ -20,6 +20,9 @@ HardSwish islands into integer Add/Mul.
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import json
 import logging
 from pathlib import Path
@@ -161,14 +164,17 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: Sequ
         def write(tmp: Path) -> None:
             raw = tmp.with_name(tmp.name + ".raw.onnx")
             try:
-                quantize_static(str(prep), str(raw), reader, quant_format=QuantFormat.QDQ,
-                                op_types_to_quantize=list(op_types) if op_types else None,
-                                per_channel=bool(per_channel), reduce_range=bool(reduce_range),
-                                activation_type=_enum(activation_type, QuantType),
-                                weight_type=_enum(weight_type, QuantType),
-                                nodes_to_exclude=exclude or None,
-                                calibrate_method=_enum(method, CalibrationMethod),
-                                extra_options=extra)
+                # ORT's calibrators print a line per chunk ("Collecting tensor data and making
+                # histogram ...", bin counts): kept off the console, the report has the settings
+                with contextlib.redirect_stdout(io.StringIO()):
+                    quantize_static(str(prep), str(raw), reader, quant_format=QuantFormat.QDQ,
+                                    op_types_to_quantize=list(op_types) if op_types else None,
+                                    per_channel=bool(per_channel), reduce_range=bool(reduce_range),
+                                    activation_type=_enum(activation_type, QuantType),
+                                    weight_type=_enum(weight_type, QuantType),
+                                    nodes_to_exclude=exclude or None,
+                                    calibrate_method=_enum(method, CalibrationMethod),
+                                    extra_options=extra)
                 model = onnx.load(str(raw))
             finally:
                 raw.unlink(missing_ok=True)
@@ -242,9 +248,17 @@ def optimized_op_counts(path: str | Path, threads: int = 1) -> dict[str, int]:
     from last_lite.export.onnx import op_counts
     from last_lite.runtime.session import ort_session
 
+    import onnxruntime as ort
+
     with tempfile.TemporaryDirectory() as tmp:
         opt = Path(tmp) / "optimized.onnx"
-        ort_session(path, threads=int(threads), optimized_path=opt)
+        # saving an optimised graph warns that NchwcTransformer output is hardware specific: it is
+        # only counted here, never shipped
+        ort.set_default_logger_severity(3)
+        try:
+            ort_session(path, threads=int(threads), optimized_path=opt)
+        finally:
+            ort.set_default_logger_severity(2)
         return op_counts(opt)
 
 

@@ -17,9 +17,27 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from last_lite.models.registry import build_model
+from last_lite.console import quiet_frozen_modules
 from last_lite.training.base import ClassifierPhase
 from last_lite.training.checkpoints import load_model_weights
 from last_lite.training.losses import feature_mimicry, soft_label_kl
+
+quiet_frozen_modules()
+
+
+def checkpoint_model_name(ckpt: str) -> str | None:
+    """The model a checkpoint (its ``model_spec``) or a zoo file (its index entry) holds."""
+    try:
+        if str(ckpt).endswith(".safetensors"):
+            from last_lite.zoo import zoo_entry_for_file
+
+            found = zoo_entry_for_file(ckpt)
+            return found[1]["model_spec"]["name"] if found else None
+        from last_lite.training.checkpoints import load_checkpoint
+
+        return ((load_checkpoint(ckpt).get("hyper_parameters") or {}).get("model_spec") or {}).get("name")
+    except Exception:  # only a hint: the mismatch itself is the error
+        return None
 
 
 def load_frozen_teacher(teacher_spec: dict, ckpt: str) -> nn.Module:
@@ -42,8 +60,11 @@ def load_frozen_teacher(teacher_spec: dict, ckpt: str) -> nn.Module:
             parts.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
         if shapes:
             parts.append("shape mismatches: " + "; ".join(shapes[:8]))
+        held = checkpoint_model_name(ckpt)
+        hint = (f"; it holds a {held!r}: pass model@teacher={held}" if held and held != teacher_spec.get("name")
+                else "")
         raise ValueError(f"teacher checkpoint {ckpt} does not fit teacher config "
-                         f"{teacher_spec.get('name')!r}: " + " | ".join(parts))
+                         f"{teacher_spec.get('name')!r}{hint}: " + " | ".join(parts))
     teacher.load_state_dict(weights)
     teacher.eval()
     for p in teacher.parameters():

@@ -41,7 +41,8 @@ def metrics_record(*, command: str, model: str, dataset: str, top1: float | None
     per_class = None
     if per_class_accuracy is not None:
         names = list(class_names or [str(i) for i in range(len(per_class_accuracy))])
-        per_class = {name: float(acc) for name, acc in zip(names, per_class_accuracy)}
+        # None: a class with no test sample (no accuracy to report)
+        per_class = {name: None if acc is None else float(acc) for name, acc in zip(names, per_class_accuracy)}
     return {
         "schema": SCHEMA,
         "command": command,

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from last_lite.console import quiet
 from last_lite.io import atomic_write_text
 from last_lite.models.profile import count_parameters
 from last_lite.training.base import ClassifierPhase, PhaseModule
@@ -29,6 +30,7 @@ from last_lite.training.records import metrics_record, write_metrics
 from last_lite.training.selection import EMAWeights, selection_rule
 
 log = logging.getLogger(__name__)
+quiet()
 
 ModuleFactory = Callable[[dict, Any], PhaseModule]
 
@@ -125,6 +127,11 @@ def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str, model_
     datamodule.data_config = OmegaConf.to_container(cfg.data, resolve=False)
     datamodule.prepare_data()
     datamodule.setup("fit")
+    facts = datamodule.describe()
+    log.info("data: %s, layout %s, %d channels, %d classes; %d train / %d val / %d test clips",
+             dataset_name(), facts["layout"] if isinstance(facts["layout"], str) else
+             facts["layout"].get("name", "custom"), facts["in_channels"], facts["num_classes"],
+             facts["train"], facts["val"], facts["test"])
     module = build_module(model_spec_for(cfg[model_key], datamodule), datamodule)
     if cfg.get("init_from"):
         init_from(module.model, cfg.init_from)

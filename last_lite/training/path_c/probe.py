@@ -26,7 +26,7 @@ from last_lite.training.checkpoints import HEAD_PREFIXES, init_from
 from last_lite.training.path_c.linear_probe import extract_features, fit_linear_probe, probe_accuracy
 from last_lite.training.path_c.maskclr import HEAD_MODULES
 from last_lite.training.records import metrics_record, write_metrics
-from last_lite.training.runner import dataset_name, model_spec_for
+from last_lite.training.runner import apply_thread_count, dataset_name, model_spec_for
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ def run(cfg: DictConfig) -> dict:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    apply_thread_count(cfg)
     L.seed_everything(cfg.seed, workers=True)
 
     dm = instantiate(cfg.data, _convert_="all")
