@@ -209,10 +209,6 @@ VALUE_CHECKS: dict[str, Callable[[Any], tuple[bool, str]]] = {
     "data.seed": _seed,
     "data.test_clips": _positive_int,
     "data.unlabelled": _boolean,
-    "data.train_transform.rotate": _non_negative_number,
-    "data.train_transform.scale": _non_negative_number,
-    "data.train_transform.shear": _non_negative_number,
-    "data.train_transform.noise_std": _non_negative_number,
     "data.train_transform.test_crop_ratio": _probability,
     "optim.lr": _positive_number,
     "optim.weight_decay": _non_negative_number,
@@ -228,10 +224,14 @@ VALUE_CHECKS: dict[str, Callable[[Any], tuple[bool, str]]] = {
     "eval_batch_size": _positive_int,
     "latency.repeats": _positive_int,
     "latency.warmup": _non_negative_int,
-    "workers": _positive_int,
+    "num_workers": _optional_positive_int,
+    "chunk_size": _positive_int,
+    "limit": _optional_positive_int,
     "distill.alpha": _probability,
     "distill.tau": _positive_number,
 }
+
+_ABSENT = object()
 
 _CHOICES = {
     "data.val_split": ("holdout", "test", "split"),
@@ -246,22 +246,27 @@ def validate_run_config(cfg: Any, command: str) -> None:
     an unresolvable value is reported too. Keys absent from the config are not checked."""
     from omegaconf import DictConfig, OmegaConf
 
+    problems: list[str] = []
     if isinstance(cfg, DictConfig):
-        plain = {}
-        problems = []
-        for key in cfg:
-            if key == "hydra":
-                continue
+        # only the checked keys are resolved (a command's config may hold nodes it never resolves)
+        plain: dict = {}
+        for key in [*VALUE_CHECKS, *_CHOICES, "data.source.trusted"]:
             try:
-                plain[key] = OmegaConf.to_container(cfg[key], resolve=True) \
-                    if isinstance(cfg[key], (DictConfig,)) or OmegaConf.is_list(cfg[key]) else cfg[key]
-            except Exception as exc:
-                problems.append(f"{key}: {exc}")
-        if problems:
-            raise ConfigError(f"{command}: the config does not resolve: " + "; ".join(problems))
+                value = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_resolution_failure=True)
+            except Exception as exc:  # noqa: BLE001 -- reported with the key
+                problems.append(f"{key} does not resolve: {str(exc).splitlines()[0]}")
+                continue
+            if value is _ABSENT:
+                continue
+            if isinstance(value, DictConfig) or OmegaConf.is_list(value):
+                value = OmegaConf.to_container(value, resolve=True)
+            node = plain
+            parts = key.split(".")
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            node[parts[-1]] = value
     else:
         plain = dict(cfg)
-    problems = []
     for key, check in VALUE_CHECKS.items():
         found, value = _get(plain, key)
         if not found:
@@ -281,3 +286,108 @@ def validate_run_config(cfg: Any, command: str) -> None:
             problems.append(str(exc))
     if problems:
         raise ConfigError(f"{command}: invalid config: " + "; ".join(problems))
+
+
+# ------------------------------------------------------------------------------------------------
+# Hydra hooks: the check before the run folder exists, and "did you mean" for override keys
+# ------------------------------------------------------------------------------------------------
+def _check_with_hydra_config(config: Any) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    HydraConfig.instance().set_config(config)  # ${hydra:...} resolves (run_job sets it again)
+    command = str(OmegaConf.select(config, "hydra.job.config_name", default=None)
+                  or config.get("task_name") or "command")
+    try:
+        validate_run_config(config, command)
+    except ConfigError as exc:
+        # Hydra turns a callback's exception into a warning and runs on: stop here, one line
+        raise SystemExit(f"error: {exc}") from None
+
+
+try:
+    from hydra.experimental.callback import Callback as _Callback
+except ImportError:  # pragma: no cover - hydra is a dependency of every command
+    _Callback = object
+
+
+class ConfigCheck(_Callback):
+    """A Hydra callback (conf/hydra/default.yaml, conf/export.yaml, conf/prepare.yaml): the
+    composed config is validated before Hydra makes the run folder (a sweep: its base config
+    here, each job's values again when the job starts)."""
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        _check_with_hydra_config(config)
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        _check_with_hydra_config(config)
+
+
+def _override_keys(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(group choices ``group=option``, dotted keys of ``a.b=v`` overrides) of a command line."""
+    groups, keys = [], []
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key = arg.split("=", 1)[0]
+        if key.split(".")[0].lstrip("+~") == "hydra":
+            continue  # Hydra's own settings
+        if key.startswith(("+", "~")):
+            continue  # appending or deleting: the user says the key is new or going
+        (keys if "." in key else groups).append(arg if "." not in key else key)
+    return groups, keys
+
+
+def override_hints(config_name: str, argv: list[str]) -> list[str]:
+    """For each ``key=value`` of ``argv`` naming no key of the composed config, a line with the
+    closest known keys. Composition errors of the hint itself are ignored (it is only a hint)."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    groups, keys = _override_keys(argv)
+    if not keys and not groups:
+        return []
+    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    known: list[str] = []
+    for attempt in ([g for g in groups], []):
+        try:
+            GlobalHydra.instance().clear()
+            with initialize_config_dir(config_dir=conf, version_base="1.3"):
+                cfg = compose(config_name, overrides=[g for g in attempt if "=" in g and "." not in g.split("=")[0]])
+            known = [k for k in config_keys(cfg) if not k.startswith("hydra")]
+            break
+        except Exception:  # noqa: BLE001 -- a bad group option: Hydra's own message said so
+            continue
+    if not known:
+        return []
+    top = {k for k in known if "." not in k}
+    lines = []
+    for key in keys:
+        if key in known:
+            continue
+        lines.append(f"hint: {key} is not a key of the {config_name} config{did_you_mean(key, known)}")
+    for arg in groups:
+        key = arg.split("=", 1)[0]
+        if key not in top and key != "hydra":
+            lines.append(f"hint: {key} is not a key of the {config_name} config{did_you_mean(key, top)}")
+    return lines
+
+
+def run_cli(main: Callable[[], Any], config_name: str) -> Any:
+    """Run a Hydra ``main``; when it fails on the command line, print "did you mean" hints for
+    override keys the config does not have."""
+    import sys
+
+    try:
+        return main()
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            for line in override_hints(config_name, sys.argv[1:]):
+                print(line, file=sys.stderr)
+        raise
+    except Exception:
+        for line in override_hints(config_name, sys.argv[1:]):
+            print(line, file=sys.stderr)
+        raise

@@ -54,5 +54,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    from last_lite.config_checks import run_cli
+
     sys.argv[1:] = legacy_overrides(sys.argv[1:])
-    main()
+    run_cli(main, "distill")

@@ -397,7 +397,9 @@ def main() -> None:
         kwargs = OmegaConf.to_container(cfg, resolve=True)
         run_prepare(**kwargs)
 
-    _app()
+    from last_lite.config_checks import run_cli
+
+    run_cli(_app, "prepare")
 
 
 if __name__ == "__main__":

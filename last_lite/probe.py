@@ -20,4 +20,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    from last_lite.config_checks import run_cli
+
+    run_cli(main, "probe")

@@ -113,6 +113,9 @@ def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str, model_
 
     ``model_key`` names the config group of the network being trained (``student`` in Path B).
     """
+    from last_lite.config_checks import validate_run_config
+
+    validate_run_config(cfg, command)  # again per job: a sweep's values are set only here
     started = time.time()
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
