@@ -9,7 +9,11 @@ Every file is parsed (:func:`last_lite.data.ntu_skeleton.read_skeleton`), denois
 each chunk is saved as a shard in the work folder, so an interrupted run resumes where it stopped;
 the shards are merged into the store at the end (written atomically by ``StoreWriter``). A file
 that fails to parse is reported and skipped; names on the official missing-skeleton list are
-skipped. The summary is printed and saved as ``prepare_summary.json`` in the store.
+skipped; so is anything that is not a regular file (a dangling symlink, a symlink loop, a FIFO: a
+report line each). The summary is printed and saved as ``prepare_summary.json`` in the store.
+When no file is usable the command fails (exit status 1, no store written, the reasons printed).
+One ``prepare`` at a time per ``out_dir``: a second one stops at once, naming the first's pid
+(``.<out_dir name>.lock`` beside it, an ``flock``: released when its holder ends or dies).
 
 Only numpy and last_lite's numpy modules are imported at module level (the worker processes import
 this module); Hydra and rich are imported by :func:`main` / :func:`run_prepare`.
@@ -17,11 +21,13 @@ this module); Hydra and rich are imported by :func:`main` / :func:`run_prepare`.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
 import shutil
+import stat
 import sys
 import time
 from collections import Counter
@@ -31,7 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from last_lite.data.normalize import pre_normalize_3d
-from last_lite.io import atomic_write, atomic_write_text
+from last_lite.io import FileLock, LockHeld, atomic_write, atomic_write_text
 from last_lite.data.ntu_skeleton import (
     DATASET_BENCHMARKS,
     DATASET_CLASSES,
@@ -54,6 +60,11 @@ MISSING = "missing-skeleton list"
 PARSE_ERROR = "parse error"
 EMPTY = "empty after denoising"
 ERROR = "processing error"
+NOT_REGULAR = "not a regular file"
+
+
+class PrepareError(RuntimeError):
+    """``prepare`` cannot produce a store (no usable file, another run on the same out_dir)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -156,10 +167,35 @@ def _as_list(x: Any) -> list[str]:
     return [str(v) for v in x]
 
 
-def find_raw_files(raw_dirs: Sequence[str], dataset: str) -> tuple[list[Path], dict[str, int]]:
-    """The dataset's ``S*.skeleton`` files in ``raw_dirs`` sorted by name (first folder wins)."""
+def _not_regular(path: str) -> str | None:
+    """Why ``path`` cannot be read as a file (dangling symlink, symlink loop, FIFO, folder...)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop"
+        if os.path.islink(path):
+            return "dangling symlink"
+        return exc.strerror or str(exc)
+    if not stat.S_ISREG(st.st_mode):
+        return ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a folder" if stat.S_ISDIR(st.st_mode)
+                else "a device, socket or other special file")
+    return None
+
+
+def find_raw_files(raw_dirs: Sequence[str], dataset: str,
+                   report: dict[str, Any] | None = None) -> tuple[list[Path], dict[str, int]]:
+    """The dataset's ``S*.skeleton`` files in ``raw_dirs`` sorted by name (first folder wins).
+
+    Names that are not regular files (dangling symlinks, symlink loops, FIFOs, folders) are left
+    out; ``report`` (a dict, filled in) gets ``unreadable``: one status entry per such name, and
+    ``examples``: up to three names per reason a name was ignored, and ``others``: the count of
+    names not ending in ``.skeleton``."""
     files: dict[str, Path] = {}
     ignored = Counter()
+    unreadable: list[dict] = []
+    examples: dict[str, list[str]] = {}
+    others = 0
     for d in raw_dirs:
         root = Path(d)
         if not root.is_dir():
@@ -167,20 +203,42 @@ def find_raw_files(raw_dirs: Sequence[str], dataset: str) -> tuple[list[Path], d
         with os.scandir(root) as it:
             for e in it:
                 if not e.name.endswith(".skeleton"):
+                    others += 1
                     continue
                 try:
                     info = parse_sample_name(e.name)
                 except ValueError:
-                    ignored["not an NTU sample name"] += 1
+                    why = "not an NTU sample name"
+                else:
+                    why = (f"not in {dataset}" if not in_dataset(info, dataset)
+                           else "duplicate name" if info.name in files else None)
+                if why is not None:
+                    ignored[why] += 1
+                    names = examples.setdefault(why, [])
+                    if len(names) < 3:
+                        names.append(e.name)
                     continue
-                if not in_dataset(info, dataset):
-                    ignored[f"not in {dataset}"] += 1
-                    continue
-                if info.name in files:
-                    ignored["duplicate name"] += 1
+                problem = _not_regular(e.path)
+                if problem is not None:
+                    unreadable.append({"name": info.name, "status": NOT_REGULAR,
+                                       "reason": f"{e.path}: {problem}"})
                     continue
                 files[info.name] = Path(e.path)
+    if report is not None:
+        report.update(unreadable=unreadable, examples=examples, others=others)
     return [files[k] for k in sorted(files)], dict(ignored)
+
+
+def _nothing_found(dataset: str, raw_dirs: Sequence[str], ignored: dict[str, int],
+                   report: dict[str, Any]) -> str:
+    parts = [f"{n} {why} (e.g. {', '.join(report['examples'].get(why, []))})"
+             for why, n in sorted(ignored.items())]
+    parts += [f"{len(report['unreadable'])} not a regular file"] if report["unreadable"] else []
+    parts += [f"{report['others']} not ending in .skeleton"] if report["others"] else []
+    found = "; ".join(parts) if parts else "the folder is empty"
+    return (f"no usable {dataset} .skeleton file in {', '.join(raw_dirs)}: {found}. "
+            f"NTU names look like S001C001P001R001A001.skeleton ({dataset}: "
+            f"{'setups 1-17, actions 1-60' if dataset == 'ntu60' else 'setups 1-32, actions 1-120'})")
 
 
 def resolve_missing_list(missing_list: Any, dataset: str, raw_dirs: Sequence[str]) -> Path | None:
@@ -205,8 +263,11 @@ def resolve_missing_list(missing_list: Any, dataset: str, raw_dirs: Sequence[str
 def _chunk_key(paths: Sequence[Path], normalize: bool) -> str:
     h = hashlib.sha256(f"v{SHARD_VERSION} normalize={bool(normalize)}".encode())
     for p in paths:
-        st = p.stat()
-        h.update(f"\n{p.name} {st.st_size} {st.st_mtime_ns}".encode())
+        try:
+            st = p.stat()
+            h.update(f"\n{p.name} {st.st_size} {st.st_mtime_ns}".encode())
+        except OSError:  # gone or replaced since it was listed: process_file reports it
+            h.update(f"\n{p.name} unreadable".encode())
     return h.hexdigest()[:16]
 
 
@@ -246,7 +307,24 @@ def run_prepare(
     limit: int | None = None,
     console: Any = None,
 ) -> dict[str, Any]:
-    """Build the store; returns the summary dict (also saved in the store)."""
+    """Build the store; returns the summary dict (also saved in the store). Raises
+    :class:`PrepareError` when no file is usable or another ``prepare`` writes ``out_dir``."""
+    out = Path(out_dir)
+    lock = FileLock(out.with_name(f".{out.name}.lock"), wait=False, what="another prepare")
+    try:
+        lock.__enter__()
+    except LockHeld as exc:
+        raise PrepareError(f"{exc}: it is writing {out}; wait for it to finish or choose "
+                           "another out_dir") from None
+    try:
+        return _run_prepare(dataset, raw_dir, out, work_dir, missing_list, num_workers, chunk_size,
+                            resume, keep_work, normalize, progress, limit, console)
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _run_prepare(dataset, raw_dir, out, work_dir, missing_list, num_workers, chunk_size, resume,
+                 keep_work, normalize, progress, limit, console) -> dict[str, Any]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -259,16 +337,17 @@ def run_prepare(
     raw_dirs = _as_list(raw_dir)
     if not raw_dirs:
         raise ValueError("raw_dir is required")
-    out = Path(out_dir)
     work = Path(work_dir) if work_dir else out.with_name(out.name + ".work")
     num_workers = int(num_workers or os.cpu_count() or 1)
     chunk_size = max(int(chunk_size), 1)
 
-    files, ignored = find_raw_files(raw_dirs, dataset)
+    found: dict[str, Any] = {}
+    files, ignored = find_raw_files(raw_dirs, dataset, found)
+    unreadable = found["unreadable"]
     if limit:
         files = files[: int(limit)]
     if not files:
-        raise FileNotFoundError(f"no {dataset} .skeleton files found in {raw_dirs}")
+        raise PrepareError(_nothing_found(dataset, raw_dirs, ignored, found))
     mpath = resolve_missing_list(missing_list, dataset, raw_dirs)
     missing = set(read_sample_list(mpath)) if mpath else set()
 
@@ -293,7 +372,8 @@ def run_prepare(
         tasks.append((str(shard), [str(p) for p in chunk], bool(normalize)))
 
     console.print(
-        f"[bold]prepare {dataset}[/]: {len(files)} files in {', '.join(raw_dirs)}; "
+        f"[bold]prepare {dataset}[/]: {len(files)} files in {', '.join(raw_dirs)}"
+        f"{f' ({len(unreadable)} more not regular files, skipped)' if unreadable else ''}; "
         f"{len(status_missing)} on the missing list ({mpath or 'no list'}); "
         f"{len(chunks)} chunks, {reused} reused from {work}; {num_workers} workers"
     )
@@ -307,9 +387,25 @@ def run_prepare(
 
     # merge the shards, in file order
     classes = list(DATASET_CLASSES[dataset])
-    counts = Counter({MISSING: len(status_missing)})
-    skipped: list[dict] = list(status_missing)
+    counts = Counter({MISSING: len(status_missing), NOT_REGULAR: len(unreadable)})
+    skipped: list[dict] = list(status_missing) + list(unreadable)
     infos = []
+    kept_any = False
+    for shard in shards:  # the statuses only (cheap): is any file usable at all?
+        kept_any = kept_any or any(s["status"] == KEPT for s in load_shard(shard, frames=False)[3])
+    if not kept_any:
+        for shard in shards:
+            for st in load_shard(shard, frames=False)[3]:
+                counts[st["status"]] += 1
+                skipped.append(st)
+        summary = {"files": len(files) + len(unreadable), "kept": 0, "out_dir": str(out),
+                   "seconds_total": time.perf_counter() - t0, "chunks_reused": reused,
+                   "chunks": len(chunks), "skipped": {k: v for k, v in counts.items() if v},
+                   "skipped_files": skipped, "missing_list": str(mpath) if mpath else "",
+                   "splits": {}, "ignored_files": ignored, "examples": found["examples"]}
+        _print_summary(console, summary, failed=True)
+        raise PrepareError(f"none of the {len(files) + len(unreadable)} {dataset} files is usable "
+                           f"(reasons above); nothing was written to {out}")
     with StoreWriter(out, layout=LAYOUT, channels=3, class_names=classes, source=f"ntu:{dataset}") as w:
         for shard in shards:
             try:
@@ -344,11 +440,12 @@ def run_prepare(
         "dataset": dataset,
         "raw_dirs": raw_dirs,
         "out_dir": str(out),
-        "files": len(files),
+        "files": len(files) + len(unreadable),
         "kept": counts[KEPT],
         "skipped": {k: v for k, v in counts.items() if k != KEPT and v},
         "skipped_files": skipped,
         "ignored_files": ignored,
+        "examples": found["examples"],
         "missing_list": str(mpath) if mpath else None,
         "missing_list_requested": str(missing_list),
         "chunks": len(chunks),
@@ -370,19 +467,26 @@ def run_prepare(
     return summary
 
 
-def _print_summary(console: Any, s: dict) -> None:
-    console.print(
-        f"[bold green]done[/]: {s['kept']} of {s['files']} files kept -> {s['out_dir']} "
-        f"({s['seconds_total']:.1f} s, {s['chunks_reused']}/{s['chunks']} chunks reused)"
-    )
+def _print_summary(console: Any, s: dict, failed: bool = False) -> None:
+    if failed:
+        console.print(f"[bold red]failed[/]: 0 of {s['files']} files usable; nothing written to "
+                      f"{s['out_dir']}")
+    else:
+        console.print(
+            f"[bold green]done[/]: {s['kept']} of {s['files']} files kept -> {s['out_dir']} "
+            f"({s['seconds_total']:.1f} s, {s['chunks_reused']}/{s['chunks']} chunks reused)"
+        )
     for why, n in sorted(s["skipped"].items()):
         console.print(f"  skipped {n:6d}  {why}")
+    for why, n in sorted(s.get("ignored_files", {}).items()):
+        eg = ", ".join(s.get("examples", {}).get(why, []))
+        console.print(f"  ignored {n:6d}  {why}" + (f" (e.g. {eg})" if eg else ""), markup=False)
     errors = [f for f in s["skipped_files"] if f["status"] != MISSING]
     for f in errors[:20]:
         console.print(f"    {f['name']}: {f['status']}: {f.get('reason', '')}", markup=False)
     if len(errors) > 20:
         console.print(f"    ... {len(errors) - 20} more in prepare_summary.json")
-    if s["missing_list"] is None and s.get("missing_list_requested", "auto").lower() == "auto":
+    if s["missing_list"] is None and str(s.get("missing_list_requested", "auto")).lower() == "auto":
         console.print("  [yellow]warning[/]: no missing-skeleton list was found; pass missing_list=PATH")
     for b, parts in s["splits"].items():
         console.print(f"  split {b}: {parts['train']} train / {parts['test']} test")
@@ -395,7 +499,10 @@ def main() -> None:
     @hydra.main(config_path="../conf", config_name="prepare", version_base="1.3")
     def _app(cfg: DictConfig) -> None:
         kwargs = OmegaConf.to_container(cfg, resolve=True)
-        run_prepare(**kwargs)
+        try:
+            run_prepare(**kwargs)
+        except PrepareError as exc:  # one line, no traceback; exit status 1
+            raise SystemExit(f"last_lite.prepare: error: {exc}") from None
 
     from last_lite.config_checks import run_cli
 

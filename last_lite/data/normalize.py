@@ -106,6 +106,10 @@ def pre_normalize_3d(keypoints: np.ndarray, layout: "str | Layout | Mapping",
             x = x[:, index0]
     else:
         x = x[:, index0]
+    if x.shape[1] == 0:
+        # no frame holds a person: all NaN (or all zero but for noise). Returned unchanged: the
+        # store records a non-finite sample by name and data.on_bad_values drops it or stops
+        return np.asarray(keypoints, dtype=np.float32)
 
     if align_center:
         center_joint = lay.norm_center if lay.norm_center is not None else lay.center

@@ -58,6 +58,13 @@ _BODY_FIELDS = 10
 _BLOCK = _BODY_FIELDS + 1 + NUM_JOINTS * _JOINT_FIELDS  # tokens per body: info, joint count, joints
 # Dense per-body arrays hold (bodies x frames) slots; real NTU files need at most a few thousand.
 _MAX_BODY_FRAMES = 200_000
+# ... and their bytes are bounded by the file's size: a file of mostly empty frames listing many
+# body IDs (217 KB declaring 100,000 frames) would otherwise cost 600x its size. Real files
+# (<= 300 frames, a few bodies) stay far below the 16 MiB floor.
+_DENSE_FLOOR_BYTES = 16 << 20
+_DENSE_PER_FILE_BYTE = 16
+# the largest .skeleton file read at all (real ones are below 3 MB)
+MAX_FILE_BYTES = 256 << 20
 
 # ----------------------------------------------------------------------------------------------
 # errors
@@ -260,8 +267,11 @@ def _line_at(data: bytes, offset: int) -> int:
 
 def read_skeleton(path: str | os.PathLike) -> dict:
     """Parse one NTU ``.skeleton`` file; see ``parse_skeleton_bytes`` for the result."""
-    try:
-        data = Path(path).read_bytes()
+    from last_lite.io import open_regular
+
+    try:  # a regular file only: a FIFO would block, a dangling symlink or loop is reported
+        with open_regular(path, max_bytes=MAX_FILE_BYTES) as fh:
+            data = fh.read()
     except OSError as exc:
         raise SkeletonFormatError(path, f"cannot read file: {exc.strerror or exc}") from None
     return parse_skeleton_bytes(data, path)
@@ -381,6 +391,10 @@ def parse_skeleton_bytes(data: bytes, path: str | os.PathLike | None = None) -> 
     nslot = int(nbodys.max()) if nframe else 0
     if max(nbody, nslot) * nframe > _MAX_BODY_FRAMES:
         fail(f"implausible: {nbody} distinct bodies over {nframe} frames")
+    dense = (nbody + nslot) * nframe * NUM_JOINTS * 3 * 8
+    if dense > _DENSE_FLOOR_BYTES + _DENSE_PER_FILE_BYTE * len(data):
+        fail(f"implausible: {nbody} distinct bodies over {nframe} frames (mostly empty) would take "
+             f"{dense / 2**20:.0f} MiB for a {len(data) / 1024:.0f} KiB file")
     frames = np.asarray(block_frame, dtype=np.int64)
 
     xyz = np.zeros((nbody, nframe, NUM_JOINTS, 3), dtype=np.float64)

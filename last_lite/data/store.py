@@ -97,11 +97,64 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _rename_exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False
+    where that is unavailable (other systems, old kernels, filesystems without it)."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return rc == 0
+
+
+def recover_store(dst: Path) -> bool:
+    """Where a writer was killed between the two renames that replace a store (``dst`` moved
+    to ``.<name>.old-<host>-<pid>-<random>``, the new one not yet in place), move the old store
+    back. Only when ``dst`` is absent and that writer is dead. Returns whether it did."""
+    from last_lite.io import dead_writer
+
+    dst = Path(dst)
+    if dst.exists() or not dst.parent.is_dir():
+        return False
+    prefix = f".{dst.name}.old-"
+    for entry in sorted(dst.parent.iterdir()):
+        if not entry.name.startswith(prefix):
+            continue
+        tag = entry.name[len(prefix):].split("-")
+        if len(tag) != 3 or not tag[1].isdigit() or not dead_writer(tag[0], tag[1]):
+            continue
+        if (entry / "meta.json").is_file():
+            try:
+                os.rename(entry, dst)
+                return True
+            except OSError:
+                return False
+    return False
+
+
 def _replace_dir(src: Path, dst: Path) -> None:
-    """Move the finished directory ``src`` to ``dst``, replacing an existing one."""
+    """Move the finished directory ``src`` to ``dst``, replacing an existing one.
+
+    Where the system can, the two folders are exchanged in one atomic step (``dst`` is always a
+    whole store, old or new). Elsewhere ``dst`` is renamed to ``.<name>.old-<writer>-<random>``
+    first; a kill between the two renames leaves it there, and the next open or write of the store
+    moves it back (:func:`recover_store`)."""
+    from last_lite.io import writer_tag
+
+    if dst.is_dir() and not dst.is_symlink() and _rename_exchange(src, dst):
+        shutil.rmtree(src, ignore_errors=True)  # now the old store
+        return
     old = None
     if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex[:8]}")
+        old = dst.with_name(f".{dst.name}.old-{writer_tag()}-{uuid.uuid4().hex[:8]}")
         os.rename(dst, old)
     try:
         os.rename(src, dst)
@@ -138,7 +191,12 @@ class StoreWriter:
         self.class_names = list(class_names) if class_names is not None else None
         self.source = source
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir = self.out_dir.parent / f".{self.out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+        from last_lite.io import clean_stale_temps, writer_tag
+
+        recover_store(self.out_dir)  # a replacement killed half-way: the old store back first
+        clean_stale_temps(self.out_dir)  # temp folders of killed writers of this store
+        self.tmp_dir = self.out_dir.parent / (f".{self.out_dir.name}.tmp-{writer_tag()}-"
+                                              f"{uuid.uuid4().hex[:8]}")
         self.tmp_dir.mkdir()
         self._frames_path = self.tmp_dir / "frames.npy"
         self._fh = open(self._frames_path, "wb")
@@ -283,6 +341,8 @@ class SkeletonStore:
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
         meta_path = self.root / "meta.json"
+        if not self.root.exists():
+            recover_store(self.root)
         if not meta_path.is_file():
             raise StoreError(f"no skeleton store at {self.root} (meta.json missing)")
         try:

@@ -160,33 +160,27 @@ class PipelineState:
 
 
 class Lock:
-    """``<run>/.pipeline.lock``: one pipeline per run folder at a time."""
+    """``<run>/.pipeline.lock``: one pipeline per run folder at a time (``last_lite.io.FileLock``:
+    an ``flock`` taken atomically and released by the kernel when the holder dies, so two
+    pipelines can never both hold it and a killed one never leaves it stale)."""
 
     def __init__(self, run_dir: Path):
+        from last_lite.io import FileLock
+
         self.path = Path(run_dir) / ".pipeline.lock"
+        self._lock = FileLock(self.path, wait=False, what="another pipeline")
 
     def __enter__(self) -> "Lock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    pid = int(self.path.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and _alive(pid) and pid != os.getpid():
-                    raise RuntimeError(f"another pipeline (pid {pid}) is running in {self.path.parent}; "
-                                       f"remove {self.path} if it is not") from None
-                self.path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as fh:
-                fh.write(str(os.getpid()))
-            return self
-        raise RuntimeError(f"cannot take the lock {self.path}")
+        from last_lite.io import LockHeld
+
+        try:
+            self._lock.__enter__()
+        except LockHeld as exc:
+            raise RuntimeError(f"{exc}: it is running in {self.path.parent}") from None
+        return self
 
     def __exit__(self, *exc) -> None:
-        self.path.unlink(missing_ok=True)
+        self._lock.__exit__(*exc)
 
 
 def _alive(pid: int) -> bool:

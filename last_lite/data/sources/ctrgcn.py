@@ -31,37 +31,94 @@ def iter_npz_rows(path: str | Path, key: str, chunk: int = 256) -> Iterator[np.n
         raise ValueError(f"{path}:{key}: cannot read ({exc})") from exc
 
 
+# Bounds checked on a member's header before any of its data is read: deflate expands at most
+# 1032:1, so a member's declared size (``file_size`` in the zip directory, which a damaged or
+# hostile archive can set freely) beyond that is refused; one row is at most 64 MiB (a CTR-GCN
+# row is 180 KB) and rows are read in blocks of at most 16 MiB.
+_DEFLATE_RATIO = 1032
+MAX_ROW_BYTES = 64 << 20
+_BLOCK_BYTES = 16 << 20
+
+
+def npz_member_header(zf: zipfile.ZipFile, path: str | Path, key: str) -> tuple[tuple, bool, np.dtype]:
+    """(shape, fortran_order, dtype) of array ``key`` of an open npz, checked against what the
+    archive can hold (sizes in the zip directory, the deflate ratio, the row bound)."""
+    member = f"{key}.npy"
+    if member not in zf.namelist():
+        raise KeyError(f"{path}: no array {key!r} (has {sorted(zf.namelist())})")
+    info = zf.getinfo(member)
+    archive = Path(path).stat().st_size
+    if info.compress_size > archive or (info.compress_type == zipfile.ZIP_STORED
+                                        and info.file_size != info.compress_size) \
+            or info.file_size > info.compress_size * _DEFLATE_RATIO + 4096:
+        raise ValueError(f"{path}:{key}: member sizes {info.file_size} / {info.compress_size} bytes "
+                         f"are impossible for a {archive}-byte archive (corrupt)")
+    with zf.open(member) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        data_bytes = info.file_size - f.tell()
+    if dtype.hasobject:
+        raise ValueError(f"{path}:{key} holds Python objects; refusing (allow_pickle=False)")
+    if not shape:
+        raise ValueError(f"{path}:{key} is a scalar, expected rows")
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if declared > data_bytes:
+        raise ValueError(f"{path}:{key} declares shape {shape} but holds fewer bytes "
+                         "(truncated or corrupt)")
+    row = int(np.prod(shape[1:], dtype=object)) * dtype.itemsize
+    if row > MAX_ROW_BYTES:
+        raise ValueError(f"{path}:{key} declares rows of {row} bytes (shape {shape}); "
+                         f"at most {MAX_ROW_BYTES} are read")
+    if fortran and declared > MAX_ROW_BYTES:
+        raise ValueError(f"{path}:{key} is a Fortran-order array of {declared} bytes; save it in C "
+                         "order (np.ascontiguousarray) to be streamed")
+    return tuple(shape), bool(fortran), dtype
+
+
 def _npz_rows(path: str | Path, key: str, chunk: int) -> Iterator[np.ndarray]:
     with zipfile.ZipFile(path) as zf:
+        shape, fortran, dtype = npz_member_header(zf, path, key)
         member = f"{key}.npy"
-        if member not in zf.namelist():
-            raise KeyError(f"{path}: no array {key!r} (has {sorted(zf.namelist())})")
+        if fortran:  # small (checked above)
+            arr = np.load(path, allow_pickle=False)[key]
+            for s in range(0, len(arr), chunk):
+                yield np.ascontiguousarray(arr[s:s + chunk])
+            return
+        row = int(np.prod(shape[1:], dtype=object)) * dtype.itemsize
+        chunk = max(1, min(int(chunk), _BLOCK_BYTES // max(row, 1)))
         with zf.open(member) as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-            if dtype.hasobject:
-                raise ValueError(f"{path}:{key} holds Python objects; refusing (allow_pickle=False)")
-            if not shape:
-                raise ValueError(f"{path}:{key} is a scalar, expected rows")
-            declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
-            if declared > zf.getinfo(member).file_size - f.tell():
-                raise ValueError(f"{path}:{key} declares shape {shape} but holds fewer bytes "
-                                 "(truncated or corrupt)")
-            if fortran:
-                arr = np.load(path, allow_pickle=False)[key]
-                for s in range(0, len(arr), chunk):
-                    yield np.ascontiguousarray(arr[s:s + chunk])
-                return
-            row = int(np.prod(shape[1:])) * dtype.itemsize
+            version = np.lib.format.read_magic(f)  # past the header (checked above)
+            (np.lib.format.read_array_header_1_0 if version == (1, 0)
+             else np.lib.format.read_array_header_2_0)(f)
             for s in range(0, shape[0], chunk):
                 n = min(chunk, shape[0] - s)
                 buf = f.read(n * row)
                 if len(buf) != n * row:
                     raise ValueError(f"{path}:{key} is truncated")
                 yield np.frombuffer(buf, dtype=dtype).reshape((n,) + tuple(shape[1:]))
+
+
+def check_npz_headers(path: str | Path) -> dict[str, tuple]:
+    """The four members' headers, checked together before any data is read: ``x_<part>`` rows of
+    150 values (or (T, 150)), ``y_<part>`` labels (N,) or one-hot (N, classes <= MAX_CLASSES), as
+    many labels as sequences. Returns ``{key: shape}``."""
+    shapes = {}
+    with zipfile.ZipFile(path) as zf:
+        for key in ("x_train", "y_train", "x_test", "y_test"):
+            shapes[key] = npz_member_header(zf, path, key)[0]
+    for part in ("train", "test"):
+        x, y = shapes[f"x_{part}"], shapes[f"y_{part}"]
+        if len(x) not in (2, 3) or x[-1] != 150:
+            raise ValueError(f"{path}: x_{part} has shape {x}, expected (N, T, 150) "
+                             "(2 persons x 25 joints x 3)")
+        if len(y) not in (1, 2) or (len(y) == 2 and not 0 < y[1] <= MAX_CLASSES):
+            raise ValueError(f"{path}: y_{part} has shape {y}, expected (N,) or (N, classes)")
+        if x[0] != y[0]:
+            raise ValueError(f"{path}: x_{part} has {x[0]} rows, y_{part} {y[0]}")
+    return shapes
 
 
 def row_to_sample(row: np.ndarray, persons: int = 2, joints: int = 25) -> np.ndarray:
@@ -106,11 +163,15 @@ class CTRGCNSource(Source):
                                                  f"{str(exc)[:200]})") from None
 
     def _write(self, out_dir: Path, key: str) -> None:
+        try:  # every member's header first: nothing is read before all four are plausible
+            check_npz_headers(self.path)
+        except OSError as exc:
+            raise ValueError(f"cannot read ({exc})") from exc
         ys = {}
-        for part in ("train", "test"):  # streamed like x: a corrupt header cannot ask for memory
-            blocks = list(iter_npz_rows(self.path, f"y_{part}", self.chunk))
-            y = np.concatenate(blocks) if blocks else np.zeros(0)
-            ys[part] = y.argmax(1) if y.ndim == 2 else y.astype(np.int64)
+        for part in ("train", "test"):  # streamed like x; kept as labels (one-hot rows dropped)
+            blocks = [b.argmax(1) if b.ndim == 2 else b.astype(np.int64)
+                      for b in iter_npz_rows(self.path, f"y_{part}", self.chunk)]
+            ys[part] = np.concatenate(blocks) if blocks else np.zeros(0, np.int64)
         n_cls = int(max(y.max() for y in ys.values())) + 1
         if not 0 < n_cls <= MAX_CLASSES:
             raise ValueError(f"labels must lie in 0..{MAX_CLASSES - 1}, got a largest of {n_cls - 1}")
