@@ -315,6 +315,12 @@ def test_an_all_nan_sample_is_a_per_sample_problem_naming_the_file(tmp_path):
     _nw_ucla_folder(tmp_path / "nw", "a02_s01_e01_v02")
     store = NWUCLASource(tmp_path / "nw").build(tmp_path / "cache")
     assert [store.names[i] for i in store.nonfinite] == ["a02_s01_e01_v02"]
+    # the neighbour of prepare's FIFO case: a FIFO among the JSON files is refused, not waited on
+    from last_lite.data.sources.nw_ucla import read_sample
+
+    os.mkfifo(tmp_path / "nw" / "a01_s02_e01_v01.json")
+    with pytest.raises(SkeletonFormatError, match="not a regular file"):
+        read_sample(tmp_path / "nw" / "a01_s02_e01_v01.json")
 
 
 def test_an_all_nan_custom_3d_sample_is_dropped_or_named(tmp_path):

@@ -43,7 +43,9 @@ def read_sample(path: str | Path) -> tuple[np.ndarray, int]:
     Raises SkeletonFormatError (a ValueError naming the file) for anything malformed.
     """
     try:
-        with open(path, "rb") as f:
+        from last_lite.io import open_regular
+
+        with open_regular(path, max_bytes=64 << 20) as f:  # a FIFO or a loop: refused, never waited on
             doc = json.loads(f.read().decode("utf-8"))
         skel = np.asarray(doc["skeletons"], dtype=np.float32)
         label = int(doc["label"]) - 1
