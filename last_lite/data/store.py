@@ -49,7 +49,9 @@ def map_npy(path: str | os.PathLike) -> np.ndarray:
     memory: the header length is checked first (numpy reads a declared header length before it
     checks it, and a corrupt one can ask for gigabytes) and the data is mapped, not read, so a
     header declaring a huge shape costs nothing (numpy refuses a map longer than the file)."""
-    with open(path, "rb") as f:
+    from last_lite.io import open_regular
+
+    with open_regular(path) as f:  # a FIFO, a dangling symlink or a loop: OSError, never a hang
         head = f.read(12)
     if head[:6] == b"\x93NUMPY" and len(head) >= 10:
         if head[6] == 1:

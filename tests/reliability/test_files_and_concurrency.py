@@ -321,6 +321,11 @@ def test_an_all_nan_sample_is_a_per_sample_problem_naming_the_file(tmp_path):
     os.mkfifo(tmp_path / "nw" / "a01_s02_e01_v01.json")
     with pytest.raises(SkeletonFormatError, match="not a regular file"):
         read_sample(tmp_path / "nw" / "a01_s02_e01_v01.json")
+    from last_lite.data.store import map_npy  # the custom folder's .npy reader
+
+    os.mkfifo(tmp_path / "clip.npy")
+    with pytest.raises(OSError, match="not a regular file"):
+        map_npy(tmp_path / "clip.npy")
 
 
 def test_an_all_nan_custom_3d_sample_is_dropped_or_named(tmp_path):
