@@ -46,6 +46,7 @@ def _datamodule(tmp_path, mode: str):
     cfg = OmegaConf.create({"paths": {"data_dir": str(tmp_path), "cache_dir": str(tmp_path / "cache")},
                             "data": data_group("custom")})
     cfg.data.update({"on_bad_values": mode, "clip_len": 8, "batch_size": 4, "val_fraction": 0.2})
+    cfg.data.source.layout = "coco17"  # the folder has no layout.yaml
     return instantiate(cfg.data, _convert_="all")
 
 
