@@ -23,7 +23,9 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from last_lite.runtime.inputs import InputError, ModelFileError, frames_from_json_lines, read_npy_recording
+from last_lite.adapters import AdapterError, layout_from_joint_count
+from last_lite.runtime.inputs import (InputError, ModelFileError, frames_from_json_lines, read_npy_recording,
+                                      read_npy_shape)
 from last_lite.runtime.recognizer import ActionRecognizer
 
 
@@ -61,7 +63,7 @@ def load_recording(source: str, rec: ActionRecognizer, denoise: bool = True,
     """(frames, whole recording (M, T, V, C) when the input is a file of known length). Every
     reader is bounded by the model (:mod:`last_lite.runtime.inputs`); a bad JSON line is reported
     and skipped; a bad file is an InputError naming it."""
-    joints, channels, persons = rec.num_joints, rec.channels, rec.info.max_persons
+    joints, channels, persons = rec.input_joints, rec.channels, rec.info.max_persons
     if source == "-":
         return frames_from_json_lines(sys.stdin.buffer, joints, channels, persons, report), None
     path = Path(source)
@@ -113,7 +115,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--top", type=int, default=1, help="print the top-k classes")
     p.add_argument("--json", action="store_true", help="print predictions as JSON lines")
     p.add_argument("--no-denoise", action="store_true", help=".skeleton: keep bodies as listed")
+    p.add_argument("--layout", default=None,
+                   help="the input's skeleton layout (ntu25, ucla20, mediapipe33, coco17, openpose18), "
+                        "adapted to the model's; default: ntu25 for .skeleton, from a .npy's joint count "
+                        "where one layout has it, else the model's")
     return p.parse_args(argv)
+
+
+def input_layout(source: str, rec: ActionRecognizer, given: str | None = None) -> str | None:
+    """The input's layout: ``given``, else ntu25 for an NTU ``.skeleton``, else the built-in layout
+    with a ``.npy``'s joint count (when it differs from the model's), else None (the model's)."""
+    if given:
+        return given
+    path = Path(source)
+    if source != "-" and path.suffix == ".skeleton":
+        return "ntu25"
+    if source != "-" and path.suffix == ".npy" and path.is_file():
+        shape = read_npy_shape(path)
+        joints = shape[-2] if len(shape) in (3, 4) else rec.num_joints
+        if joints != rec.num_joints:
+            guess = layout_from_joint_count(joints)
+            if guess is None:
+                raise InputError(f"{path}: {joints} joints, the model reads {rec.num_joints}; no known "
+                                 f"layout has {joints} joints")
+            return guess
+    return None
 
 
 def resolve_model(spec: str) -> str:
@@ -136,11 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     rec = ActionRecognizer(resolve_model(args.model), window=args.window, stride=args.stride,
                            min_frames=args.min_frames, threads=args.threads)
     info = rec.info
+    rec.set_input_layout(input_layout(args.input, rec, args.layout))
     frames, whole = load_recording(args.input, rec, denoise=not args.no_denoise)
     if not args.json:
         print(f"model {info.model}: {len(info.class_names)} classes, layout "
               f"{info.layout if isinstance(info.layout, str) else 'custom'}, clip {info.clip_len}, "
-              f"window {rec.window}, stride {rec.stride}, normalisation {info.prenormalize or 'none'}")
+              f"window {rec.window}, stride {rec.stride}, normalisation {info.prenormalize or 'none'}"
+              + (f"; input {rec.adapter.source} adapted to {rec.adapter.target}" if rec.adapter else ""))
     count = 0
     for pred in rec.stream(frames):
         count += 1
@@ -175,7 +203,7 @@ def cli(argv: list[str] | None = None) -> int:
     exit status 2, never a traceback."""
     try:
         return main(argv)
-    except (InputError, ModelFileError, FileNotFoundError) as exc:
+    except (InputError, ModelFileError, AdapterError, FileNotFoundError) as exc:
         print(f"last_lite.runtime: error: {exc}", file=sys.stderr)
         return 2
     except ValueError as exc:  # e.g. --window 0

@@ -29,7 +29,8 @@ from typing import Any, BinaryIO, Callable, Iterator, Mapping
 import numpy as np
 
 __all__ = ["InputError", "MAX_COORD", "MAX_FRAMES", "MAX_MODEL_BYTES", "ModelFileError",
-           "clean_frame", "frames_from_json_lines", "read_model_bytes", "read_npy_recording"]
+           "clean_frame", "frames_from_json_lines", "read_model_bytes", "read_npy_recording",
+           "read_npy_shape"]
 
 MAX_MODEL_BYTES = 2 << 30   # protobuf's own limit
 MAX_FRAMES = 1 << 20        # frames in one .npy recording (~10 h at 30 fps)
@@ -277,3 +278,15 @@ def read_npy_recording(path: str | os.PathLike, num_joints: int, channels: int,
         if isinstance(exc, InputError):
             raise
         raise InputError(f"{path}: cannot be read ({type(exc).__name__}: {exc})") from None
+
+
+def read_npy_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """The shape a ``.npy`` file's header declares (the header alone is read, checked as in
+    :func:`read_npy_recording`); used to tell the input's layout from its joint count."""
+    path = Path(path)
+    st = _regular_file(path, "input file", InputError)
+    try:
+        with open(path, "rb") as fh:
+            return _npy_header(fh, path, st.st_size)[1]
+    except OSError as exc:
+        raise InputError(f"{path} cannot be read: {exc.strerror or exc}") from None

@@ -20,12 +20,13 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from last_lite.adapters import AdapterError, JointAdapter, get_adapter, layout_name
 from last_lite.data.normalize import TEMPORAL_MODES, normalize_clip
 from last_lite.runtime.inputs import InputError, ModelFileError, clean_frame, read_model_bytes
 from last_lite.runtime.session import ort_session
 from last_lite.skeleton import get_layout
 
-__all__ = ["ActionRecognizer", "InputError", "ModelFileError", "ModelInfo", "Prediction", "as_frame",
+__all__ = ["ActionRecognizer", "AdapterError", "InputError", "ModelFileError", "ModelInfo", "Prediction", "as_frame",
            "read_model_info"]
 
 
@@ -195,6 +196,14 @@ def as_frame(frame: Any, num_joints: int, channels: int, max_persons: int = _CAP
     return clean_frame(frame, num_joints, channels, max_persons)
 
 
+def _finite_joints(x: np.ndarray) -> np.ndarray:
+    """float64 copy with non-finite joints zeroed (absent) before an adapter mixes joints."""
+    x = np.array(x, dtype=np.float64)
+    bad = ~np.isfinite(x).all(axis=-1)
+    x[bad] = 0.0
+    return x
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max()
     e = np.exp(z)
@@ -213,11 +222,13 @@ class ActionRecognizer:
     Persons must keep their slot from frame to frame (person 0 stays person 0). Frames hold raw
     coordinates: the model's normalisation (``prenormalize`` in the metadata) is applied per
     window. ``threads`` sets ONNX Runtime's intra-op threads; ``providers`` its execution providers.
+    ``input_layout`` (e.g. ``"ntu25"``, ``"mediapipe33"``): the layout of the frames given, adapted
+    to the model's (:mod:`last_lite.adapters`); None: the model's own layout.
     """
 
     def __init__(self, model_path: str | Path, window: int | None = None, stride: int | None = None,
                  min_frames: int | None = None, threads: int | None = None,
-                 providers: Sequence[str] | None = None) -> None:
+                 providers: Sequence[str] | None = None, input_layout: Any = None) -> None:
         self.model_path = Path(model_path)
         # the bytes are read once, bounded and hash-checked, and handed to ONNX Runtime as such
         data, self.integrity_checked = read_model_bytes(self.model_path)
@@ -245,6 +256,22 @@ class ActionRecognizer:
         self._count = 0
         self._since = 0
         self.latencies_ms: list[float] = []
+        self.adapter: JointAdapter | None = None
+        self.set_input_layout(input_layout)
+
+    def set_input_layout(self, layout: Any) -> None:
+        """Frames (and clips) given from now on are in ``layout`` (None: the model's); raises
+        :class:`~last_lite.adapters.AdapterError` naming both layouts where no adapter exists."""
+        self.adapter = None if layout is None else get_adapter(layout, self.info.layout)
+        self.input_layout = self.info.layout if self.adapter is None else self.adapter.source
+
+    def _layout_hint(self, joints: int) -> str:
+        from last_lite.adapters import layout_from_joint_count
+
+        guess = layout_from_joint_count(joints)
+        model = layout_name(self.info.layout) if isinstance(self.info.layout, str) else "custom"
+        return (f"the model reads {model} ({self.num_joints} joints)"
+                + (f"; for {guess} input give input_layout={guess!r} (--layout {guess})" if guess else ""))
 
     # -- facts ---------------------------------------------------------------------------------
     @property
@@ -254,6 +281,11 @@ class ActionRecognizer:
     @property
     def num_joints(self) -> int:
         return self.layout.num_joints
+
+    @property
+    def input_joints(self) -> int:
+        """Joints per frame in the input layout (the model's unless an adapter is set)."""
+        return self.num_joints if self.adapter is None else self.adapter.source_joints
 
     @property
     def channels(self) -> int:
@@ -270,7 +302,13 @@ class ActionRecognizer:
     # -- streaming -------------------------------------------------------------------------------
     def push(self, frame: Any) -> Prediction | None:
         """Add one frame ((M, V, C), (V, C), per-person joint lists or {"persons": ...})."""
-        self._frames.append(clean_frame(frame, self.num_joints, self.channels, self.info.max_persons))
+        if isinstance(frame, np.ndarray) and frame.ndim in (2, 3) and frame.shape[-2] != self.input_joints:
+            raise InputError(f"a frame has {frame.shape[-2]} joints, expected {self.input_joints}: "
+                             + self._layout_hint(frame.shape[-2]))
+        frame = clean_frame(frame, self.input_joints, self.channels, self.info.max_persons)
+        if self.adapter is not None:
+            frame = self.adapter.apply(frame)
+        self._frames.append(frame)
         self._count += 1
         self._since += 1
         if len(self._frames) >= self.min_frames and self._since >= self.stride:
@@ -309,9 +347,12 @@ class ActionRecognizer:
             raise InputError(f"keypoints must be numeric, got dtype {x.dtype}")
         if x.ndim == 3:
             x = x[None]
+        if self.adapter is not None and x.ndim == 4 and x.shape[2] == self.adapter.source_joints \
+                and x.shape[2] != self.num_joints:
+            x = self.adapter.apply(_finite_joints(x))  # a whole recording in the input layout
         if x.ndim != 4 or x.shape[2:] != (self.num_joints, self.channels) or x.shape[1] < 1:
             raise InputError(f"keypoints must be (M, T, {self.num_joints}, {self.channels}) with T >= 1, "
-                             f"got {x.shape}")
+                             f"got {x.shape}" + (f" ({self._layout_hint(x.shape[2])})" if x.ndim == 4 else ""))
         # the persons the model uses; NaN/inf joints absent (zeros), absurd coordinates refused
         x = np.stack([clean_frame(x[:, t], self.num_joints, self.channels, self.info.max_persons)
                       for t in range(x.shape[1])], axis=1)
