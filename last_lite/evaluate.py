@@ -117,6 +117,27 @@ def resolve_data(cfg: DictConfig, hparams: dict) -> str:
     return str(spec.get("dataset") or "custom")
 
 
+def adapt_input_layout(module: ClassifierPhase, data_layout) -> None:
+    """Where the data's skeleton layout differs from the model's, feed the model the data through
+    the layout adapter (last_lite/adapters.py; e.g. NTU's ntu25 clips to an NW-UCLA ucla20 model);
+    raises AdapterError naming both layouts where none exists."""
+    import torch
+
+    from last_lite.adapters import get_adapter
+
+    adapter = get_adapter(data_layout, module.model.layout)
+    if adapter is None:
+        return
+    weights = torch.as_tensor(adapter.matrix, dtype=torch.float32)
+    predict = module.predict_logits
+
+    def predict_adapted(x: torch.Tensor) -> torch.Tensor:  # (..., C, T, V, M): joints at dim -2
+        return predict(torch.einsum("...vm,wv->...wm", x, weights.to(x.device, x.dtype)))
+
+    module.predict_logits = predict_adapted
+    print(f"input layout {adapter.source} adapted to the model's {adapter.target}")
+
+
 def run(cfg: DictConfig) -> dict:
     started = time.time()
     apply_thread_count(cfg)
@@ -129,6 +150,7 @@ def run(cfg: DictConfig) -> dict:
     if datamodule.num_classes != module.model.num_classes:
         raise ValueError(f"the checkpoint predicts {module.model.num_classes} classes but data "
                          f"'{dataset}' has {datamodule.num_classes}")
+    adapt_input_layout(module, cfg.get("layout") or datamodule.layout)
     trainer = L.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, enable_model_summary=False,
                         default_root_dir=str(output_dir))
     results = trainer.test(module, datamodule=datamodule, verbose=False)[0]
