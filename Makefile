@@ -4,12 +4,13 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 DEMO_DIR ?= outputs/demo
+DEMO_VENV ?= .venv-demo
 CKPT    ?=
 BACKEND ?= onnx_int8
 DATA    ?= synthetic
 RUN     ?= outputs/pipeline/$(DATA)
 
-.PHONY: install lint test demo export pipeline clean
+.PHONY: install demo-env lint test demo export pipeline clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,11 +22,24 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The edge demo's runtime environment (last_lite without its dependencies + the [demo] extra:
+# numpy, onnxruntime, mediapipe 0.10.21, scikit-image; no torch). mediapipe 0.10.21 needs
+# protobuf < 5, which the training stack's onnx refuses, so it is a venv of its own.
+$(DEMO_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(DEMO_VENV)
+	$(DEMO_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(DEMO_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	$(DEMO_VENV)/bin/python -m pip install --quiet $$($(DEMO_VENV)/bin/python -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['demo']))")
+	touch $@
+
+demo-env: $(DEMO_VENV)/.installed
+
 # ruff's lint (pyproject.toml [tool.ruff]) is part of the test command, so CI (.ci/run) runs it.
 lint: install
 	$(VENV)/bin/ruff check .
 
-test: install lint
+# tests/test_demo.py runs the edge demo with $(DEMO_VENV)'s interpreter.
+test: install demo-env lint
 	$(PY) -m pytest -q
 
 # A short Path A run on the embedded synthetic set, then its evaluation (a few minutes on 2 cores).
@@ -45,4 +59,4 @@ pipeline: install
 	$(PY) -m last_lite.pipeline data=$(DATA) $(if $(wildcard conf/experiment/$(DATA).yaml),experiment=$(DATA)) hydra.run.dir=$(RUN) $(ARGS)
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) $(DEMO_VENV) outputs .pytest_cache
