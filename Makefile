@@ -17,7 +17,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# Pin the CPU build first: an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	# The export extras (tflite, coreml) with torch passed again, so the resolver keeps the pin.
+	$(PY) -m pip install --quiet -e '.[dev,tflite,coreml]' torch==$(TORCH_VERSION)
 	touch $@
 
 install: $(VENV)/.installed
@@ -48,9 +49,9 @@ demo: install
 	$(PY) -m last_lite.evaluate ckpt=$(DEMO_DIR)/train/checkpoints/best.ckpt hydra.run.dir=$(DEMO_DIR)/evaluate
 	@echo "Plots: $(DEMO_DIR)/train/confusion_matrix.png, $(DEMO_DIR)/evaluate/confusion_matrix.png; curves: $(DEMO_DIR)/train/csv/metrics.csv"
 
-# make export CKPT=outputs/.../checkpoints/best.ckpt BACKEND=onnx|onnx_int8|tensorrt
+# make export CKPT=outputs/.../checkpoints/best.ckpt BACKEND=onnx|onnx_int8|tensorrt|tflite|coreml|ort
 export: install
-	@test -n "$(CKPT)" || { echo "usage: make export CKPT=<checkpoint> [BACKEND=onnx|onnx_int8|tensorrt]"; exit 2; }
+	@test -n "$(CKPT)" || { echo "usage: make export CKPT=<checkpoint> [BACKEND=onnx|onnx_int8|tensorrt|tflite|coreml|ort]"; exit 2; }
 	$(PY) -m last_lite.export ckpt=$(CKPT) export=$(BACKEND)
 
 # The decision tree (Path A -> B -> C -> INT8 export), resumable: rerun to continue.

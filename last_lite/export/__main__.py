@@ -1,4 +1,4 @@
-"""``python -m last_lite.export ckpt=<run>/checkpoints/best.ckpt export=<onnx|onnx_int8|tensorrt>``.
+"""``python -m last_lite.export ckpt=<run>/checkpoints/best.ckpt export=<onnx|onnx_int8|tensorrt|tflite|coreml|ort>``.
 
 A Hydra app (conf/export.yaml, group ``export/``). It rebuilds the network from the checkpoint's
 ``model_spec`` (weights loaded with ``weights_only=True``), the DataModule from the run folder's
@@ -7,7 +7,10 @@ A Hydra app (conf/export.yaml, group ``export/``). It rebuilds the network from 
 - ``onnx``:      ``model.onnx`` (FP32), ``report.json`` / ``metrics.json`` / ``report.md``,
                  ``predictions.json`` (test-split predictions);
 - ``onnx_int8``: also ``model_int8.onnx`` (QDQ), evaluated beside FP32 on the whole test split;
-- ``tensorrt``:  ``model.onnx`` and ``model_<precision>.engine`` (+ ``model_trt_int8.onnx``).
+- ``tensorrt``:  ``model.onnx`` and ``model_<precision>.engine`` (+ ``model_trt_int8.onnx``);
+- ``tflite``:    ``model.tflite`` (FP32) and ``model_int8.tflite`` (full-integer INT8), LiteRT;
+- ``coreml``:    ``model.mlpackage`` (FP16) and ``model_int8w.mlpackage`` (INT8 weights);
+- ``ort``:       ``model.ort``, ``model_int8.ort`` (ORT mobile format) and ``required_operators.config``.
 
 Hydra writes nothing of its own (``hydra.run.dir: .``, no ``.hydra`` folder, logging to stdout).
 """
@@ -97,6 +100,10 @@ def evaluate(ctx: ExportContext) -> tuple[dict, dict, dict]:
         t32, t8 = ev["models"]["fp32"]["top1"], ev["models"]["int8"]["top1"]
         evaluation["top1_drop"] = None if t32 is None or t8 is None else t32 - t8
         evaluation["int8_agreement"] = ev["agreement"].get("int8")
+    t32 = ev["models"]["fp32"]["top1"]
+    evaluation["top1_drop_vs_fp32"] = {  # every other deployable file (tflite_int8, ort_int8, ...)
+        k: (None if t32 is None or v["top1"] is None else t32 - v["top1"])
+        for k, v in ev["models"].items() if k != "fp32"}
     names = ctx.dm.store.names
     predictions = {"split": "test", "sample_names": [names[int(i)] for i in ctx.dm.test_indices],
                    "labels": ev["labels"].tolist(),
@@ -166,7 +173,7 @@ def print_summary(record: Mapping[str, Any]) -> None:
     for col in ("model", "size", "bytes/param", "top-1", "agreement", "batch-1 p50"):
         table.add_column(col)
     ev = record.get("evaluation") or {}
-    models = ev.get("models") or {name: {} for name in record["files"] if name in ("fp32", "int8", "tensorrt")}
+    models = ev.get("models") or {name: {} for name in record["files"]}
     for name, m in models.items():
         f = record["files"].get(name) or {}
         lat = (record.get("latency") or {}).get(name) or {}

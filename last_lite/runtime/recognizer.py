@@ -23,7 +23,7 @@ import numpy as np
 from last_lite.adapters import AdapterError, JointAdapter, get_adapter, layout_name
 from last_lite.data.normalize import TEMPORAL_MODES, normalize_clip
 from last_lite.runtime.inputs import InputError, ModelFileError, clean_frame, read_model_bytes
-from last_lite.runtime.session import ort_session
+from last_lite.runtime.session import model_session
 from last_lite.skeleton import get_layout
 
 __all__ = ["ActionRecognizer", "AdapterError", "InputError", "ModelFileError", "ModelInfo", "Prediction", "as_frame",
@@ -230,12 +230,13 @@ class ActionRecognizer:
                  min_frames: int | None = None, threads: int | None = None,
                  providers: Sequence[str] | None = None, input_layout: Any = None) -> None:
         self.model_path = Path(model_path)
-        # the bytes are read once, bounded and hash-checked, and handed to ONNX Runtime as such
+        # the bytes are read once, bounded and hash-checked, and handed to ONNX Runtime (.onnx,
+        # .ort) or LiteRT (.tflite) as such
         data, self.integrity_checked = read_model_bytes(self.model_path)
         try:
-            self.session = ort_session(data, threads=threads, providers=providers, quiet=True)
+            self.session = model_session(data, threads=threads, providers=providers, quiet=True)
         except Exception as exc:  # ORT's own types (InvalidProtobuf, Fail, ...): name the file
-            raise ModelFileError(f"{self.model_path} is not a loadable ONNX model "
+            raise ModelFileError(f"{self.model_path} is not a loadable ONNX, ORT or TFLite model "
                                  f"({type(exc).__name__}: {str(exc)[:200]})") from None
         del data
         try:

@@ -59,3 +59,15 @@ def session_logits(session, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """:func:`clip_logits` through an InferenceSession's first input and output."""
     name = session.get_inputs()[0].name
     return clip_logits(lambda batch: session.run(None, {name: batch})[0], x, batch_size)
+
+
+def model_session(data: bytes, threads: int | None = None, providers: Sequence[str] | None = None,
+                  quiet: bool = False):
+    """The session for a model file's bytes: LiteRT for a ``.tflite`` flatbuffer
+    (:class:`last_lite.runtime.tflite.TFLiteSession`, needs ai-edge-litert), ONNX Runtime for
+    ``.onnx`` and ``.ort`` files; both answer the same calls."""
+    from last_lite.runtime.tflite import TFLiteSession, is_tflite
+
+    if is_tflite(data):
+        return TFLiteSession(data, threads)
+    return ort_session(data, threads=threads, providers=providers, quiet=quiet)
