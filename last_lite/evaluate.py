@@ -138,6 +138,40 @@ def adapt_input_layout(module: ClassifierPhase, data_layout) -> None:
     print(f"input layout {adapter.source} adapted to the model's {adapter.target}")
 
 
+def write_wrong_clips(module: ClassifierPhase, datamodule, out_dir: Path, count: int) -> list[Path]:
+    """The ``count`` most confidently wrong test clips as GIFs (the model's input clip, drawn by
+    last_lite/render.py with the true and predicted labels), most confident first."""
+    import heapq
+
+    import torch
+
+    from last_lite.render import render_clip
+
+    names = list(datamodule.class_names)
+    worst: list[tuple[float, int, int, int, object]] = []
+    seen = 0
+    module.eval()
+    with torch.no_grad():
+        for batch in datamodule.test_dataloader():
+            x, y = batch[0], batch[1]
+            probs = torch.softmax(module.predict_logits(x), dim=-1)
+            conf, pred = probs.max(dim=-1)
+            for i in torch.nonzero(pred != y).flatten().tolist():
+                clip = x[i, 0] if x.dim() == 6 else x[i]  # (C, T, V, M); the first of k crops
+                item = (float(conf[i]), -(seen + i), int(y[i]), int(pred[i]), clip.permute(3, 1, 2, 0).cpu().numpy())
+                (heapq.heappush if len(worst) < count else heapq.heappushpop)(worst, item)
+            seen += len(y)
+    paths = []
+    layout = datamodule.layout if isinstance(datamodule.layout, str) else dict(datamodule.layout)
+    for rank, (conf, neg, true, pred, clip) in enumerate(sorted(worst, reverse=True), 1):
+        slug = f"{names[true]}_as_{names[pred]}".replace(" ", "-").replace("/", "-")
+        paths.append(render_clip(clip, layout, out_dir / f"{rank:02d}_test{-neg}_{slug}.gif",
+                                 true_label=names[true], predicted=f"{names[pred]} {conf:.2f}",
+                                 title=f"test sample {-neg}", fps=12))
+    print(f"{len(paths)} most confidently wrong test clips: {out_dir}")
+    return paths
+
+
 def run(cfg: DictConfig) -> dict:
     started = time.time()
     apply_thread_count(cfg)
@@ -160,6 +194,8 @@ def run(cfg: DictConfig) -> dict:
                           title=f"{module.model_spec['name']}: test top-1 {results['test/top1']:.2%}")
     atomic_write_json(output_dir / "confusion_matrix.json",
                       {"class_names": list(datamodule.class_names), "matrix": details["confusion_matrix"]})
+    if int(cfg.get("wrong_clips") or 0) > 0:
+        write_wrong_clips(module, datamodule, output_dir / "wrong_clips", int(cfg.wrong_clips))
     record = metrics_record(
         command="evaluate", model=module.model_spec["name"], dataset=dataset,
         top1=results["test/top1"], top5=results["test/top5"],

@@ -22,3 +22,25 @@ def test_ntu25_data_reaches_a_ucla20_model_as_the_joint_subset():
     adapt_input_layout(module, "ucla20")  # the model's own layout: nothing to do
     with pytest.raises(AdapterError, match="from coco17 to ucla20"):
         adapt_input_layout(module, "coco17")
+
+
+def test_wrong_clips_are_written_as_gifs_most_confident_first(tmp_path):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from last_lite.evaluate import write_wrong_clips
+
+    torch.manual_seed(0)
+    module = ClassifierPhase({"name": "last_lite_small", "num_classes": 3, "layout": "ucla20", "in_channels": 3})
+    x = torch.randn(6, 3, 12, 20, 1)
+    with torch.no_grad():
+        module.eval()
+        pred = module.predict_logits(x).argmax(-1)
+    y = (pred + 1) % 3  # every clip wrong
+    data = SimpleNamespace(class_names=["a", "b", "c"], layout="ucla20",
+                           test_dataloader=lambda: [(x[:4], y[:4]), (x[4:], y[4:])])
+    paths = write_wrong_clips(module, data, tmp_path / "wrong", 3)
+    assert len(paths) == 3 and all(p.suffix == ".gif" and p.is_file() for p in paths)
+    assert Image.open(paths[0]).n_frames == 12
+    assert [p.name[:3] for p in paths] == ["01_", "02_", "03_"]
