@@ -1,6 +1,13 @@
-"""CPU latency of the model family: PyTorch vs ONNX Runtime FP32 vs ONNX Runtime INT8.
+"""CPU latency of the model family: PyTorch vs ONNX Runtime FP32 / INT8 vs LiteRT FP32 / INT8.
 
     .venv/bin/python benchmarks/latency.py [--models last_lite_small ...] [--threads 2]
+        [--no-litert] [--profile-int8]
+
+LiteRT (TFLite through litert-torch, XNNPACK on the CPU; the full-integer INT8 file of
+``export=tflite``) is timed when the ``[tflite]`` extra is installed. The CPU's model and its
+SIMD flags (AVX2, AVX-512, VNNI, AMX; NEON / dot-product on ARM) are printed first: INT8 pays
+only where the CPU has integer dot-product instructions. ``--profile-int8`` adds ONNX Runtime's
+per-operator profile (summed kernel time per operator type) of each model's INT8 and FP32 graphs.
 
 For each model (random weights: latency does not depend on them; the INT8 calibration uses
 synthetic-set samples, since it needs realistic activations): batch-1 latency and batch-32
@@ -72,6 +79,61 @@ def matmul_gflops(threads: int, size: int = 1024, repeats: int = 20) -> float:
     return 2 * size ** 3 / (ms * 1e-3) / 1e9
 
 
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+              "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16",
+              "asimd", "asimddp", "sve", "i8mm", "bf16")
+
+
+def cpu_info() -> dict:
+    """The CPU's model name and which SIMD flags it has (Linux /proc/cpuinfo; else platform)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "hardware", "cpu model") and value.strip():
+            model = value.strip()
+        elif key in ("flags", "features") and not flags:
+            flags = set(value.split())
+    return {"model": model, "machine": platform.machine(), "cores": os.cpu_count(),
+            "simd": [f for f in SIMD_FLAGS if f in flags],
+            "int8_dot_product": bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"})}
+
+
+def litert_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) for m in ("litert_torch", "ai_edge_litert"))
+
+
+def ort_op_profile(path: Path, x: np.ndarray, runs: int = 30) -> dict[str, float]:
+    """ONNX Runtime's profiler on one thread: mean kernel time per run (ms) per operator type."""
+    import json
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(path.with_suffix("")) + "_prof"
+    sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    for _ in range(5 + runs):
+        sess.run(None, {"skeleton": x})
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    per_op: dict[str, list[float]] = {}
+    run_starts = [e["ts"] for e in events if e.get("name") == "model_run"]
+    cutoff = sorted(run_starts)[5] if len(run_starts) > 5 else 0  # skip the warm-up runs
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= cutoff:
+            op = (e.get("args") or {}).get("op_name", "?")
+            per_op.setdefault(op, []).append(e["dur"] / 1e3)
+    total_runs = max(1, min(runs, len(run_starts) - 5))
+    return dict(sorted(((op, sum(v) / total_runs) for op, v in per_op.items()), key=lambda kv: -kv[1]))
+
+
 def calibration_samples(n: int, cache_dir: Path) -> list[np.ndarray]:
     from last_lite.data.datamodule import SkeletonDataModule
     from last_lite.data.sources.synthetic import SyntheticSource
@@ -85,7 +147,7 @@ def calibration_samples(n: int, cache_dir: Path) -> list[np.ndarray]:
 
 
 def bench_model(name: str, threads: int, calib: list[np.ndarray], work: Path, repeats: int,
-                batch: int) -> dict:
+                batch: int, litert: bool = False, profile: bool = False) -> dict:
     import torch
 
     from last_lite.export.onnx import export_onnx, ort_session
@@ -126,12 +188,56 @@ def bench_model(name: str, threads: int, calib: list[np.ndarray], work: Path, re
         sess1 = ort_session(path, 1)  # one thread: ORT runs on the calling thread
         out[key]["b1_cpu_ms_1thread"] = median_cpu_ms(lambda: sess1.run(None, feed1), 3,
                                                       max(5, repeats // 2))
-    for key in ("pytorch", "ort_fp32", "ort_int8"):
+    if profile:
+        out["ort_profile_ms"] = {"ort_fp32": ort_op_profile(fp32, x1), "ort_int8": ort_op_profile(int8, x1)}
+    keys = ["pytorch", "ort_fp32", "ort_int8"]
+    if litert:
+        try:
+            out.update(bench_litert(model, threads, calib, x1, xb, work / name, repeats))
+            keys += ["litert_fp32", "litert_int8"]
+        except Exception as exc:  # a model the converter refuses: say so, time the rest
+            out["litert_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    for key in keys:
         out[key]["b32_samples_per_s"] = batch / (out[key]["b32_ms"] * 1e-3)
+    fastest = min(keys, key=lambda k: out[k]["b1_cpu_ms_1thread"])
+    out["fastest_b1_cpu_1thread"] = fastest
     out["int8_speedup_b1"] = out["ort_fp32"]["b1_ms"] / out["ort_int8"]["b1_ms"]
     out["int8_speedup_b32"] = out["ort_fp32"]["b32_ms"] / out["ort_int8"]["b32_ms"]
     out["int8_speedup_b1_cpu_1thread"] = (out["ort_fp32"]["b1_cpu_ms_1thread"]
                                           / out["ort_int8"]["b1_cpu_ms_1thread"])
+    return out
+
+
+def litert_versions(litert: bool) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for dist in ("litert-torch", "ai-edge-litert") if litert else ():
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def bench_litert(model, threads: int, calib: list[np.ndarray], x1: np.ndarray, xb: np.ndarray,
+                 stem: Path, repeats: int) -> dict:
+    """LiteRT FP32 and full-integer INT8 (as ``export=tflite`` writes them) through XNNPACK."""
+    from last_lite.export.onnx import prepare_for_export
+    from last_lite.export.tflite import convert_fp32, convert_int8
+    from last_lite.runtime.tflite import TFLiteSession
+
+    prepared, _ = prepare_for_export(model)
+    files = {"litert_fp32": convert_fp32(prepared, T, M),
+             "litert_int8": convert_int8(prepared, T, M, calib)[0]}
+    out = {}
+    for key, data in files.items():
+        sess, sess1 = TFLiteSession(data, threads), TFLiteSession(data, 1)
+        feed1, feedb = {"skeleton": x1}, {"skeleton": xb}
+        out[key] = {"b1_ms": median_ms(lambda: sess.run(None, feed1), 5, repeats),
+                    "b32_ms": median_ms(lambda: sess.run(None, feedb), 2, max(3, repeats // 5)),
+                    "b1_cpu_ms_1thread": median_cpu_ms(lambda: sess1.run(None, feed1), 3, max(5, repeats // 2)),
+                    "file_bytes": len(data)}
     return out
 
 
@@ -144,7 +250,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibration", type=int, default=64, help="synthetic samples for INT8 calibration")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmarks" / "latency.json")
     p.add_argument("--cache-dir", type=Path, default=ROOT / "outputs" / "cache")
+    p.add_argument("--no-litert", action="store_true", help="skip LiteRT even when the [tflite] extra is installed")
+    p.add_argument("--profile-int8", action="store_true",
+                   help="ONNX Runtime per-operator profile of the INT8 and FP32 graphs (one thread)")
     args = p.parse_args(argv)
+    litert = not args.no_litert and litert_available()
+    cpu = cpu_info()
+    print(f"CPU: {cpu['model']} ({cpu['machine']}, {cpu['cores']} logical cores); SIMD: "
+          f"{' '.join(cpu['simd']) or '-'}; integer dot product (VNNI / AMX / SDOT): "
+          f"{'yes' if cpu['int8_dot_product'] else 'NO (INT8 GEMMs gain little)'}", flush=True)
+    if not litert:
+        print("LiteRT: not timed (" + ("--no-litert" if args.no_litert else
+                                      "install the [tflite] extra: pip install -e '.[tflite]'") + ")")
 
     import onnxruntime
     import torch
@@ -159,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             print(f"benchmarking {name} ...", flush=True)
-            r = bench_model(name, args.threads, calib, Path(tmp), args.repeats, args.batch)
+            r = bench_model(name, args.threads, calib, Path(tmp), args.repeats, args.batch, litert,
+                            args.profile_int8)
             r["floor_b1_ms"] = r["gflops"] / rate * 1e3
             results[name] = r
     rate_after = matmul_gflops(args.threads)
@@ -187,6 +305,31 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in results.items():
         print(f"{name:18s} {r['pytorch']['b1_cpu_ms_1thread']:8.2f} {r['ort_fp32']['b1_cpu_ms_1thread']:8.2f} "
               f"{r['ort_int8']['b1_cpu_ms_1thread']:8.2f} {r['int8_speedup_b1_cpu_1thread']:5.2f}")
+    if litert:
+        print("\nLiteRT (XNNPACK) beside ONNX Runtime: batch 1, ONE thread, median CPU time (ms); "
+              "the fastest backend per model; its ratio to the FLOP floor")
+        h3 = (f"{'model':18s} {'torch':>7s} {'ORT32':>7s} {'ORT8':>7s} {'LRT32':>7s} {'LRT8':>7s} "
+              f"{'fastest':>12s} {'/floor':>7s}")
+        print(h3)
+        print("-" * len(h3))
+        for name, r in results.items():
+            if "litert_fp32" not in r:
+                print(f"{name:18s} LiteRT failed: {r.get('litert_error')}")
+                continue
+            best = r["fastest_b1_cpu_1thread"]
+            print(f"{name:18s} " + " ".join(f"{r[k]['b1_cpu_ms_1thread']:7.2f}" for k in
+                                            ("pytorch", "ort_fp32", "ort_int8", "litert_fp32", "litert_int8"))
+                  + f" {best:>12s} {r[best]['b1_cpu_ms_1thread'] / r['floor_b1_ms']:7.2f}")
+    if args.profile_int8:
+        for name, r in results.items():
+            prof = r.get("ort_profile_ms") or {}
+            for key in ("ort_int8", "ort_fp32"):
+                ops = prof.get(key) or {}
+                total = sum(ops.values())
+                print(f"\n{name} {key}: ONNX Runtime profile, one thread, kernel ms per run by operator "
+                      f"(total {total:.2f} ms)")
+                for op, ms in list(ops.items())[:12]:
+                    print(f"  {op:28s} {ms:7.3f}  {100 * ms / max(total, 1e-9):5.1f}%")
     small = results.get("last_lite_small")
     targets = None
     if small:
@@ -200,9 +343,9 @@ def main(argv: list[str] | None = None) -> int:
         "batch": args.batch, "repeats": args.repeats, "statistic": "median",
         "matmul_gflops": {"before": rate, "after": rate_after},
         "loadavg": {"before": list(load_before), "after": list(load_after)},
-        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "cpu": cpu["model"], "cpu_count": os.cpu_count(), "cpu_info": cpu,
         "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-                     "python": platform.python_version()},
+                     "python": platform.python_version(), **litert_versions(litert)},
         "wall_time_s": round(time.time() - started, 1), "targets": targets, "models": results,
         "command": "benchmarks/latency.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }

@@ -155,6 +155,30 @@ def markdown_report(record: Mapping[str, Any]) -> str:
         lines.append(f"- TensorRT {trt.get('version')} {trt.get('precision')} engine on "
                      f"{trt.get('device')}: max |diff| vs ONNX Runtime {trt.get('max_abs_diff')}, "
                      f"top-1 agreement {_pct(trt.get('agreement'))}")
+    tfl = record.get("tflite") or {}
+    if tfl:
+        fp = (tfl.get("fp32") or {}).get("parity_vs_pytorch") or {}
+        lines.append(f"- TFLite (LiteRT {(tfl.get('converter') or {}).get('ai-edge-litert')}): FP32 vs PyTorch max "
+                     f"|diff| {fp.get('max_abs_diff', float('nan')):.2e} on {fp.get('samples')} {fp.get('split')} clips")
+        q8 = tfl.get("int8") or {}
+        if q8:
+            drop = (ev.get("top1_drop_vs_fp32") or {}).get("tflite_int8")
+            lines.append(f"- TFLite INT8: {q8.get('scheme')}, {q8.get('calibration_samples')} training clips; "
+                         f"input {q8.get('input_dtype')}, output {q8.get('output_dtype')}; top-1 cost vs FP32: "
+                         + ("-" if drop is None else f"{100 * drop:.2f} points"))
+    om = record.get("ort_mobile") or {}
+    if om:
+        lines.append(f"- ORT mobile format (target {om.get('target_platform')}): "
+                     + ", ".join(f"{v['file']} vs {v['source']} max |diff| {v['max_abs_diff_vs_onnx']:.2e}"
+                                 for v in (om.get("files") or {}).values())
+                     + f"; operators for a reduced build: {om.get('required_operators')}")
+    cml = record.get("coreml") or {}
+    if cml:
+        for name, m in (cml.get("models") or {}).items():
+            lines.append(f"- Core ML {name}: {m.get('file')} ({m.get('bytes', 0) / 1024:.1f} KiB), inputs "
+                         f"{m.get('inputs')}, outputs {list(m.get('outputs') or [])}")
+        if cml.get("prediction"):
+            lines.append(f"- Core ML prediction {cml['prediction']}")
     lines.append("")
     return "\n".join(lines)
 

@@ -61,7 +61,10 @@ def _quiet():
     import contextlib
     import io
 
-    return contextlib.redirect_stdout(io.StringIO())
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+    return stack
 
 
 def convert_fp32(model, clip_len: int, max_persons: int) -> bytes:

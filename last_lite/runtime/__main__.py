@@ -101,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m last_lite.runtime",
                                 description="Stream a skeleton recording through an exported model.")
     p.add_argument("--model", required=True,
-                   help="an .onnx model written by last_lite.export, or zoo:<name>[:onnx_fp32] for a "
+                   help="an .onnx, .ort or .tflite model written by last_lite.export, or zoo:<name>[:onnx_fp32] for a "
                         "shipped one (INT8 by default), e.g. zoo:nw_ucla/last_lite_small")
     p.add_argument("--input", required=True,
                    help="a .skeleton (NTU), .npy ((T,V,C) or (M,T,V,C)) or JSON-lines file, or - (stdin)")
