@@ -214,7 +214,13 @@ def test_runtime_cli_takes_a_tflite_model(tflite_export, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert lines[-1]["type"] == "summary" and lines[-1]["predictions"] >= 1
-    assert "torch" not in proc.stderr
+    # the runtime on a .tflite file imports neither torch nor the converter
+    check = ("import sys; from last_lite.runtime import ActionRecognizer; "
+             f"ActionRecognizer({str(out / 'model_int8.tflite')!r}, threads=1); "
+             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'litert_torch', 'jax')]; "
+             "assert not bad, bad")
+    proc = subprocess.run([sys.executable, "-c", check], env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 # ------------------------------------------------------------------------------------------------
