@@ -406,7 +406,8 @@ def _run_prepare(dataset, raw_dir, out, work_dir, missing_list, num_workers, chu
         _print_summary(console, summary, failed=True)
         raise PrepareError(f"none of the {len(files) + len(unreadable)} {dataset} files is usable "
                            f"(reasons above); nothing was written to {out}")
-    with StoreWriter(out, layout=LAYOUT, channels=3, class_names=classes, source=f"ntu:{dataset}") as w:
+    with StoreWriter(out, layout=LAYOUT, channels=3, class_names=classes, source=f"ntu:{dataset}",
+                     prenormalize="3d" if normalize else "none") as w:
         for shard in shards:
             try:
                 frames, persons, lengths, status = load_shard(shard)

@@ -180,7 +180,7 @@ class StoreWriter:
 
     def __init__(self, out_dir: str | os.PathLike, layout: str | Mapping, channels: int,
                  class_names: list[str] | None = None, source: str = "",
-                 coord_dims: int | None = None) -> None:
+                 coord_dims: int | None = None, prenormalize: str | None = None) -> None:
         from last_lite.skeleton import get_layout
 
         self.out_dir = Path(out_dir)
@@ -192,6 +192,9 @@ class StoreWriter:
             raise ValueError(f"coord_dims {self.coord_dims} must be in 1..channels ({self.channels})")
         self.class_names = list(class_names) if class_names is not None else None
         self.source = source
+        if prenormalize not in (None, "3d", "2d", "none"):
+            raise ValueError(f"prenormalize must be 3d, 2d, none or None, got {prenormalize!r}")
+        self.prenormalize = prenormalize
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
         from last_lite.io import clean_stale_temps, writer_tag
 
@@ -318,6 +321,7 @@ class StoreWriter:
                 "num_samples": len(self._names),
                 "num_rows": self._rows,
                 "source": self.source,
+                "prenormalize": self.prenormalize,
                 "names": self._names,
                 "fields": self._fields,
                 "splits": self._splits,
@@ -478,6 +482,12 @@ class SkeletonStore:
     @property
     def source(self) -> str:
         return str(self.meta.get("source", ""))
+
+    @property
+    def prenormalize(self) -> str | None:
+        """What the source applied to every sample before storing it (``3d``, ``2d`` or
+        ``none``: the runtime repeats it); None for stores written before it was recorded."""
+        return self.meta.get("prenormalize")
 
     @property
     def splits(self) -> dict[str, dict[str, list[int]]]:

@@ -71,7 +71,8 @@ def build_datamodule(data_cfg: DictConfig):
 
 
 def infer_prenormalize(data_cfg: Mapping[str, Any], coord_dims: int, override: str = "auto") -> str:
-    """The normalisation the data source applied before the store (the runtime repeats it)."""
+    """The normalisation the data source applied before the store (the runtime repeats it), for
+    stores written before sources recorded it (``SkeletonStore.prenormalize``)."""
     if override and override != "auto":
         if override not in ("3d", "2d", "none"):
             raise ValueError(f"normalization.prenormalize must be auto, 3d, 2d or none, got {override!r}")
@@ -105,7 +106,10 @@ def source_name(data_cfg: Mapping[str, Any]) -> str:
 def normalization_meta(data_cfg: Mapping[str, Any], dm, override: str = "auto") -> dict[str, Any]:
     """What ``normalize_clip`` needs at the edge: exactly the test loader's arguments."""
     tf = dict(data_cfg.get("train_transform") or {})
-    return {"prenormalize": infer_prenormalize(data_cfg, int(dm.coord_dims), override),
+    recorded = getattr(dm.store, "prenormalize", None)  # what the source wrote into the store
+    prenormalize = (recorded if recorded is not None and override in (None, "auto")
+                    else infer_prenormalize(data_cfg, int(dm.coord_dims), override))
+    return {"prenormalize": prenormalize,
             "mode": str(tf.get("temporal", "resize")),
             "crop_ratio": float(tf.get("test_crop_ratio", 0.95)),
             "spatial_norm": tf.get("spatial_norm"),

@@ -163,3 +163,24 @@ def test_numpy_only_modules_do_not_import_torch():
             "print('torch' in sys.modules, 'lightning' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_the_source_records_its_normalisation_and_export_reads_it(tmp_path):
+    """The store says what its source applied (the runtime must repeat it); export takes that
+    over guessing from the source's class, and an explicit override still wins."""
+    from types import SimpleNamespace
+
+    from last_lite.export.common import normalization_meta
+
+    with StoreWriter(tmp_path / "s", "ucla20", 3, class_names=["a"], prenormalize="none") as w:
+        w.add("x", np.ones((1, 4, 20, 3), np.float32), 0)
+    store = SkeletonStore(tmp_path / "s")
+    assert store.prenormalize == "none"
+    cfg = {"source": {"_target_": "last_lite.data.sources.nw_ucla.NWUCLASource", "normalize": True}}
+    dm = SimpleNamespace(store=store, coord_dims=3)
+    assert normalization_meta(cfg, dm)["prenormalize"] == "none"
+    assert normalization_meta(cfg, dm, override="3d")["prenormalize"] == "3d"
+    old = SimpleNamespace(store=SimpleNamespace(prenormalize=None), coord_dims=3)  # written before
+    assert normalization_meta(cfg, old)["prenormalize"] == "3d"
+    with pytest.raises(ValueError, match="prenormalize"):
+        StoreWriter(tmp_path / "t", "ucla20", 3, prenormalize="minmax")

@@ -176,7 +176,8 @@ class CTRGCNSource(Source):
         if not 0 < n_cls <= MAX_CLASSES:
             raise ValueError(f"labels must lie in 0..{MAX_CLASSES - 1}, got a largest of {n_cls - 1}")
         class_names = self.class_names or [str(i) for i in range(n_cls)]
-        with StoreWriter(out_dir, "ntu25", 3, class_names=class_names, source=key) as w:
+        with StoreWriter(out_dir, "ntu25", 3, class_names=class_names, source=key,
+                         prenormalize="3d" if self.normalize == "3d" else "none") as w:
             for part in ("train", "test"):
                 idx, k = [], 0
                 for block in iter_npz_rows(self.path, f"x_{part}", self.chunk):

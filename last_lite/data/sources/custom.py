@@ -362,7 +362,7 @@ class CustomSource(Source):
                 x = self._load(name, lines[name])
                 if writer is None:
                     writer = StoreWriter(out_dir, self.layout, x.shape[-1], class_names=class_names,
-                                         source=key, coord_dims=cd)
+                                         source=key, coord_dims=cd, prenormalize=mode)
                 elif x.shape[-1] != writer.channels:
                     raise ValueError(f"{self._file(name)}: {x.shape[-1]} channels, earlier files "
                                      f"have {writer.channels}")

@@ -91,7 +91,8 @@ class NWUCLASource(Source):
 
     def write(self, out_dir: Path, key: str) -> None:
         train, test = [], []
-        with StoreWriter(out_dir, "ucla20", 3, class_names=list(CLASS_NAMES), source=key) as w:
+        with StoreWriter(out_dir, "ucla20", 3, class_names=list(CLASS_NAMES), source=key,
+                         prenormalize="3d" if self.normalize else "none") as w:
             for path in self.files():
                 fields = parse_name(path.stem)
                 skel, label = read_sample(path)

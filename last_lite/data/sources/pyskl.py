@@ -103,7 +103,7 @@ class PYSKLSource(Source):
         index: dict[str, int] = {}
         skipped = []
         with StoreWriter(out_dir, layout, channels, class_names=class_names, source=key,
-                         coord_dims=coord_dims) as w:
+                         coord_dims=coord_dims, prenormalize=mode) as w:
             for ann, label in zip(anns, labels):
                 x = np.asarray(ann["keypoint"], dtype=np.float32)
                 if has_score:

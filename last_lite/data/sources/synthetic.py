@@ -523,7 +523,7 @@ class SyntheticSource(Source):
     def write(self, out_dir: Path, key: str) -> None:
         parts: dict[str, list[int]] = {"train": [], "test": []}
         names = list(CLASS_NAMES[:self.num_classes])
-        with StoreWriter(out_dir, "ntu25", 3, class_names=names, source=key) as w:
+        with StoreWriter(out_dir, "ntu25", 3, class_names=names, source=key, prenormalize="3d") as w:
             for name, x, label, fields, part in self.samples():
                 parts[part].append(w.add(name, x, label, **fields))
             for part, idx in parts.items():
