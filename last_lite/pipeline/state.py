@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from last_lite.io import atomic_write_json
+from last_lite.io import atomic_write_json, pid_alive
 
 log = logging.getLogger("last_lite.pipeline")
 
@@ -181,16 +181,6 @@ class Lock:
 
     def __exit__(self, *exc) -> None:
         self._lock.__exit__(*exc)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def run_subprocess(argv: Sequence[str], log_path: Path, cwd: Path, on_start: Callable[[int], None]) -> int:
@@ -429,7 +419,7 @@ class StageRunner:
                                                             and outputs is not None):
             return self.adopt_run(stage, self.adopt[stage.name], digest, ident)
 
-        if record.get("status") == "running" and record.get("pid") and _alive(int(record["pid"])) \
+        if record.get("status") == "running" and record.get("pid") and pid_alive(int(record["pid"])) \
                 and int(record["pid"]) != os.getpid():
             raise RuntimeError(f"stage {stage.name} is still running (pid {record['pid']})")
         if forced:

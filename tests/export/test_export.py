@@ -4,7 +4,6 @@ clear-error path, and the runtime agreeing with the exporter on the same clips."
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,48 +11,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-CONF = ROOT / "conf"
+from tiny_run import CONF, one_thread_env, train_tiny
+
 SYNTH = dict(num_classes=6, train_per_class=16, test_per_class=10)
 CLIP = 32
 
 
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"  # one thread: spinning OpenMP threads crawl on a busy machine
-    return env
+_env = one_thread_env
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """last_lite_nano trained for a few short epochs on a small synthetic set (the real train entry)."""
-    import torch
-    from hydra import compose, initialize_config_dir
-
-    from last_lite.train import run
-
-    base = tmp_path_factory.mktemp("run")
-    out = base / "run"
-    overrides = [
-        "model=last_lite_nano", "trainer.max_epochs=8", "+trainer.enable_progress_bar=false",
-        "callbacks.rich_progress_bar=null", "callbacks.learning_rate_monitor=null",
-        "sched.warmup_epochs=0", "optim.lr=0.1", f"paths.root_dir={ROOT}",
-        f"paths.output_dir={out}", f"paths.cache_dir={base / 'cache'}",
-        f"data.clip_len={CLIP}", "data.batch_size=8",
-        *[f"data.source.{k}={v}" for k, v in SYNTH.items()],
-    ]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        record = run(cfg)
-    finally:
-        torch.set_num_threads(threads)
-    ckpt = Path(record["checkpoint"])
-    assert ckpt.is_file()
-    return {"ckpt": ckpt, "run_dir": out, "record": record, "cache": base / "cache"}
+    """last_lite_nano trained for a few short epochs on a small synthetic set."""
+    run = train_tiny(tmp_path_factory.mktemp("run"), SYNTH, CLIP, epochs=8)
+    assert run["ckpt"].is_file()
+    return run
 
 
 def _export_cfg(trained, backend: str, out_dir: Path, *extra: str):
