@@ -204,7 +204,8 @@ VALUE_CHECKS: dict[str, Callable[[Any], tuple[bool, str]]] = {
     "data.clip_len": _positive_int,
     "data.batch_size": _positive_int,
     "data.num_workers": _non_negative_int,
-    "data.max_persons": _positive_int,
+    "data.max_persons": _optional_positive_int,  # null: the most persons any clip holds
+    "data.repeat": _positive_int,
     "data.val_fraction": _fraction,
     "data.seed": _seed,
     "data.test_clips": _positive_int,

@@ -21,7 +21,6 @@ in front of the sensor; the models' pre-normalisation removes both anyway).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from last_lite.adapters import ADAPTER_TABLES  # noqa: F401  (documents where the adapters live)
+from last_lite.io import atomic_write_json
 from last_lite.skeleton import LAYOUTS
 
 INSTALL_HINT = ("python -m venv .venv-demo && .venv-demo/bin/pip install --no-deps -e . && "
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"last_lite.demo: error: {exc}", file=sys.stderr)
         return 2
     if args.summary:
-        Path(args.summary).write_text(json.dumps(summary, indent=1))
+        atomic_write_json(args.summary, summary)
     return 0
 
 
