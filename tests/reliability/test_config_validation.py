@@ -45,7 +45,7 @@ def test_every_shipped_config_passes_the_validation(command):
     ("data.batch_size=0", "data.batch_size must be a positive integer, got 0"),
     ("trainer.max_epochs=-1", "trainer.max_epochs must be a positive integer"),
     ("trainer.max_epochs=0", "trainer.max_epochs must be a positive integer"),
-    ("data.max_persons=0", "data.max_persons must be a positive integer, got 0"),
+    ("data.max_persons=0", "data.max_persons must be null or a positive integer, got 0"),
     ("data.val_split=sometimes", "data.val_split must be one of"),
 ])
 def test_bad_values_are_refused_with_the_key_what_it_must_be_and_what_it_got(override, message):
