@@ -46,7 +46,7 @@ test: install demo-env lint
 # A short Path A run on the embedded synthetic set, then the evaluation of the checkpoint the
 # selection rule handed on (metrics.json's "checkpoint"); a few minutes on 2 cores.
 demo: install
-	$(PY) -m last_lite.train model=last_lite_small trainer.max_epochs=8 hydra.run.dir=$(DEMO_DIR)/train
+	$(PY) -m last_lite.train model=last_lite_small trainer.max_epochs=6 sched.warmup_epochs=1 hydra.run.dir=$(DEMO_DIR)/train
 	$(PY) -m last_lite.evaluate ckpt=$$($(PY) -c "import json; print(json.load(open('$(DEMO_DIR)/train/metrics.json'))['checkpoint'])") hydra.run.dir=$(DEMO_DIR)/evaluate
 	@echo "Plots: $(DEMO_DIR)/train/confusion_matrix.png, $(DEMO_DIR)/evaluate/confusion_matrix.png; curves: $(DEMO_DIR)/train/csv/metrics.csv"
 
