@@ -260,8 +260,8 @@ def minmax_normalize(keypoints: np.ndarray, coord_dims: int = 3) -> np.ndarray:
     values = coords[present]
     low, high = values.min(axis=0), values.max(axis=0)
     extent = high - low
-    scale = np.where(extent > 0, 2.0 / np.where(extent > 0, extent, 1.0), 0.0)
-    out = (coords - low) * scale - np.where(extent > 0, 1.0, 0.0)
+    flat = extent <= 0  # dividing by inf sends such an axis to 0
+    out = 2 * (coords - low) / np.where(flat, np.inf, extent) - ~flat
     coords[...] = np.where(present[..., None], out, 0.0)
     return x
 
