@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 
-from last_lite.adapters import ADAPTER_TABLES  # noqa: F401  (documents where the adapters live)
 from last_lite.io import atomic_write_json
 from last_lite.skeleton import LAYOUTS
 
