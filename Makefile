@@ -53,7 +53,7 @@ demo: install
 # make export CKPT=outputs/.../checkpoints/best.ckpt BACKEND=onnx|onnx_int8|tensorrt|tflite|coreml|ort
 export: install
 	@test -n "$(CKPT)" || { echo "usage: make export CKPT=<checkpoint> [BACKEND=onnx|onnx_int8|tensorrt|tflite|coreml|ort]"; exit 2; }
-	$(PY) -m last_lite.export ckpt=$(CKPT) export=$(BACKEND)
+	$(PY) -m last_lite.export ckpt=$(CKPT) backend=$(BACKEND)
 
 # The decision tree (Path A -> B -> C -> INT8 export), resumable: rerun to continue.
 #   make pipeline DATA=nw_ucla [RUN=outputs/pipeline/nw_ucla] [ARGS='pipeline.force=[teacher]']

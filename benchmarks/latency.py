@@ -4,7 +4,7 @@
         [--no-litert] [--profile-int8]
 
 LiteRT (TFLite through litert-torch, XNNPACK on the CPU; the full-integer INT8 file of
-``export=tflite``) is timed when the ``[tflite]`` extra is installed. The CPU's model and its
+``backend=tflite``) is timed when the ``[tflite]`` extra is installed. The CPU's model and its
 SIMD flags (AVX2, AVX-512, VNNI, AMX; NEON / dot-product on ARM) are printed first: INT8 pays
 only where the CPU has integer dot-product instructions. ``--profile-int8`` adds ONNX Runtime's
 per-operator profile (summed kernel time per operator type) of each model's INT8 and FP32 graphs.
@@ -222,7 +222,7 @@ def litert_versions(litert: bool) -> dict:
 
 def bench_litert(model, threads: int, calib: list[np.ndarray], x1: np.ndarray, xb: np.ndarray,
                  stem: Path, repeats: int) -> dict:
-    """LiteRT FP32 and full-integer INT8 (as ``export=tflite`` writes them) through XNNPACK."""
+    """LiteRT FP32 and full-integer INT8 (as ``backend=tflite`` writes them) through XNNPACK."""
     from last_lite.export.onnx import prepare_for_export
     from last_lite.export.tflite import convert_fp32, convert_int8
     from last_lite.runtime.tflite import TFLiteSession

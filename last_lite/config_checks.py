@@ -9,16 +9,24 @@
   ``trainer.max_epochs``, ...) checked once, before the run folder, the data cache or the store
   exist, with a message naming the key, what it must be and what it got.
 - :func:`did_you_mean`: the closest known keys for a misspelt one.
+- :func:`legacy_overrides`: former spellings of renamed config groups on a command line
+  (``distill=small`` -> ``kd=small``, ``export=onnx_int8`` -> ``backend=onnx_int8``,
+  ``pretrain.x=1`` -> ``maskclr.x=1``, ``student=x`` -> ``model@student=x``) rewritten with a warning;
+  :func:`current_spelling` / :func:`former_keys` for readers of run folders written before.
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
 import math
 from typing import Any, Callable, Iterable, Mapping
 
-__all__ = ["ConfigError", "DATA_TARGETS", "check_targets", "did_you_mean", "parse_bool",
+__all__ = ["ConfigError", "DATA_TARGETS", "RENAMED_CHOICES", "RENAMED_GROUPS", "check_targets",
+           "current_spelling", "did_you_mean", "former_keys", "legacy_overrides", "parse_bool",
            "safe_data_config", "validate_run_config"]
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -228,8 +236,8 @@ VALUE_CHECKS: dict[str, Callable[[Any], tuple[bool, str]]] = {
     "num_workers": _optional_positive_int,
     "chunk_size": _positive_int,
     "limit": _optional_positive_int,
-    "distill.alpha": _probability,
-    "distill.tau": _positive_number,
+    "kd.alpha": _probability,
+    "kd.tau": _positive_number,
 }
 
 _ABSENT = object()
@@ -376,11 +384,72 @@ def override_hints(config_name: str, argv: list[str]) -> list[str]:
     return lines
 
 
+# ------------------------------------------------------------------------------------------------
+# Former spellings of renamed config groups
+# ------------------------------------------------------------------------------------------------
+#: command -> {former group: group}. Renamed so that no group shares its name with a root config
+#: (conf/distill.yaml beside conf/distill/ ...). The group's keys, choices and ``+``/``++``/``~``
+#: forms are all rewritten: ``distill.alpha=0.5`` -> ``kd.alpha=0.5``, ``~export`` -> ``~backend``.
+RENAMED_GROUPS: dict[str, dict[str, str]] = {
+    "distill": {"distill": "kd"},
+    "export": {"export": "backend"},
+    "pretrain": {"pretrain": "maskclr"},
+}
+#: command -> {former group: the group@package it became}: only the choice (``student=x``) is
+#: rewritten, since ``student.*`` still names the keys of the model chosen for ``student``.
+RENAMED_CHOICES: dict[str, dict[str, str]] = {
+    "distill": {"student": "model@student", "teacher": "model@teacher"},
+}
+
+
+def current_spelling(override: str, command: str | None) -> str:
+    """``override`` (``key=value``, ``+key=value``, ``~key``) of ``command``'s config in today's
+    spelling; unchanged when it is current (or not an override: flags, ``-cn distill``)."""
+    groups, choices = RENAMED_GROUPS.get(command or "", {}), RENAMED_CHOICES.get(command or "", {})
+    if not (groups or choices) or override.startswith("-"):
+        return override
+    body = override.lstrip("+~")
+    prefix = override[:len(override) - len(body)]
+    key, eq, value = body.partition("=")
+    if not eq and "~" not in prefix:  # a bare word is no override (e.g. the value of -cn)
+        return override
+    head, dot, rest = key.partition(".")
+    if head in groups:
+        return f"{prefix}{groups[head]}{dot}{rest}{eq}{value}"
+    if eq and key in choices:
+        return f"{prefix}{choices[key]}={value}"
+    return override
+
+
+def former_keys(key: str, command: str | None) -> list[str]:
+    """The former spellings of ``key`` (a dotted config key or a group) in ``command``'s config,
+    for reading run folders written before a rename: ``kd.alpha`` -> ``["distill.alpha"]``."""
+    head, dot, rest = key.partition(".")
+    out = [f"{old}{dot}{rest}" for old, new in RENAMED_GROUPS.get(command or "", {}).items() if new == head]
+    out += [old for old, new in RENAMED_CHOICES.get(command or "", {}).items() if new == key]
+    return out
+
+
+def legacy_overrides(argv: list[str], command: str) -> list[str]:
+    """``argv`` with the former spellings of ``command``'s renamed groups rewritten (a warning
+    naming the new spelling for each): ``distill=small`` -> ``kd=small``, ``export=onnx_int8`` ->
+    ``backend=onnx_int8``, ``pretrain.x=1`` -> ``maskclr.x=1``, ``student=x`` -> ``model@student=x``."""
+    out = []
+    for arg in argv:
+        new = current_spelling(arg, command)
+        if new != arg:
+            log.warning("%s is the former spelling of %s; rewritten", arg, new)
+        out.append(new)
+    return out
+
+
 def run_cli(main: Callable[[], Any], config_name: str) -> Any:
-    """Run a Hydra ``main``; when it fails on the command line, print "did you mean" hints for
+    """Run a Hydra ``main`` with the former spellings of renamed groups rewritten
+    (:func:`legacy_overrides`); when it fails on the command line, print "did you mean" hints for
     override keys the config does not have."""
     import sys
 
+    sys.argv[1:] = legacy_overrides(sys.argv[1:], config_name)
     try:
         return main()
     except SystemExit as exc:

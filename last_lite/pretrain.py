@@ -8,6 +8,10 @@ usual run folder (config.yaml, checkpoints/, csv/, metrics.json with ``top1: nul
 unmasked training clips, ``bn_recalibration_batches``), for
 ``python -m last_lite.train init_from=<encoder.safetensors>`` (or ``last_lite.distill``) and for
 ``python -m last_lite.probe encoder=<encoder.safetensors>``.
+
+The recipe's options are the ``maskclr`` group (conf/maskclr/: ``maskclr=default``,
+``maskclr.clr_weight=0.5``); the former spellings ``pretrain=<name>`` / ``pretrain.*`` are rewritten
+to these with a warning (``last_lite.config_checks.legacy_overrides``).
 """
 
 from __future__ import annotations

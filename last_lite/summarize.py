@@ -5,7 +5,9 @@ Each job's swept values come from its ``.hydra/overrides.yaml`` and its accuracy
 that some jobs override and others do not takes, where a job lacks it, the value that job ran with
 (its config-group choice or its ``.hydra/config.yaml`` entry), so a folder gathering single runs
 (links to them) makes one table too. The markdown table lists the columns that differ between jobs
-and names the shared values once below it; the CSV keeps every column.
+and names the shared values once below it; the CSV keeps every column. Overrides are shown in
+today's spelling of renamed groups (a job run as ``distill.alpha=0.3`` is a ``kd.alpha`` row, see
+``last_lite.config_checks.RENAMED_GROUPS``), so runs from before a rename share the columns of new ones.
 """
 
 from __future__ import annotations
@@ -18,23 +20,39 @@ from pathlib import Path
 
 import yaml
 
+from last_lite.config_checks import current_spelling, former_keys
 from last_lite.io import atomic_write_text
 
 
+def _hydra_record(job: Path) -> dict:
+    path = job / ".hydra" / "hydra.yaml"
+    return ((yaml.safe_load(path.read_text()) if path.is_file() else None) or {}).get("hydra") or {}
+
+
+def _command(job: Path) -> str | None:
+    """The root config the job ran (``distill``, ``train``...), from its Hydra record."""
+    return (_hydra_record(job).get("job") or {}).get("config_name")
+
+
 def _value_ran_with(job: Path, key: str) -> str | None:
-    """``key``'s value in the job's Hydra record: a config-group choice or a config entry."""
+    """``key``'s value in the job's Hydra record: a config-group choice or a config entry (under
+    the key's former spelling too, for a job run before its group was renamed)."""
     key = key.lstrip("+~")
-    hydra = yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text()) if (job / ".hydra" / "hydra.yaml").is_file() else {}
-    choices = ((hydra or {}).get("hydra") or {}).get("runtime", {}).get("choices", {}) or {}
-    if key in choices:
-        return None if choices[key] is None else str(choices[key])
+    choices = (_hydra_record(job).get("runtime") or {}).get("choices") or {}
     config_file = job / ".hydra" / "config.yaml"
-    node = yaml.safe_load(config_file.read_text()) if config_file.is_file() else None
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return None if isinstance(node, (dict, list)) or node is None else str(node)
+    config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else None
+    for spelling in (key, *former_keys(key, _command(job))):
+        if spelling in choices:
+            return None if choices[spelling] is None else str(choices[spelling])
+        node, found = config, True
+        for part in spelling.split("."):
+            if not isinstance(node, dict) or part not in node:
+                found = False
+                break
+            node = node[part]
+        if found:
+            return None if isinstance(node, (dict, list)) or node is None else str(node)
+    return None
 
 
 def collect(folder: Path) -> tuple[list[str], list[dict]]:
@@ -43,8 +61,9 @@ def collect(folder: Path) -> tuple[list[str], list[dict]]:
                       key=lambda p: (len(p.name), p.name)):
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
         row = {"job": job.name}
+        command = _command(job)
         for item in overrides:
-            key, _, value = item.partition("=")
+            key, _, value = current_spelling(str(item), command).partition("=")
             row[key] = value
             if key not in keys:
                 keys.append(key)

@@ -8,6 +8,7 @@ code completes them), so a config that names something that does not exist fails
 from __future__ import annotations
 
 import inspect
+import logging
 from pathlib import Path
 
 import lightning as L
@@ -150,26 +151,119 @@ def test_logger_options_instantiate(logger, tmp_path):
     assert loggers and all(isinstance(lg, L.pytorch.loggers.Logger) for lg in loggers)
 
 
-@pytest.mark.parametrize("preset", options("distill"))
-def test_distill_presets_are_distill_module_arguments(preset, tmp_path):
-    cfg = compose_cfg("distill", [f"distill={preset}"], tmp_path)
-    assert set(cfg.distill) <= set(inspect.signature(DistillModule).parameters)
+@pytest.mark.parametrize("preset", options("kd"))
+def test_kd_presets_are_distill_module_arguments(preset, tmp_path):
+    cfg = compose_cfg("distill", [f"kd={preset}"], tmp_path)
+    assert set(cfg.kd) <= set(inspect.signature(DistillModule).parameters)
     assert set(cfg.module) - {"compile_features", "max_nonfinite_steps"} <= set(inspect.signature(DistillModule).parameters)
 
 
-@pytest.mark.parametrize("preset", options("pretrain"))
-def test_pretrain_presets_are_maskclr_arguments(preset, tmp_path):
-    cfg = compose_cfg("pretrain", [f"pretrain={preset}"], tmp_path)
+@pytest.mark.parametrize("preset", options("maskclr"))
+def test_maskclr_presets_are_maskclr_arguments(preset, tmp_path):
+    cfg = compose_cfg("pretrain", [f"maskclr={preset}"], tmp_path)
     params = set(inspect.signature(MaskCLRModule).parameters) | {"max_nonfinite_steps"}
-    assert set(cfg.pretrain) <= params
+    assert set(cfg.maskclr) <= params
+    MaskCLRModule({"name": "last_lite_nano", "num_classes": 4, "layout": "ntu25", "in_channels": 3},
+                  **OmegaConf.to_container(cfg.maskclr, resolve=True))
 
 
-@pytest.mark.parametrize("backend", options("export"))
-def test_export_options_name_a_backend(backend, tmp_path):
+@pytest.mark.parametrize("backend", options("backend"))
+def test_backend_options_name_a_backend(backend, tmp_path):
     from last_lite.export.backends import backend_for
 
-    cfg = compose_cfg("export", [f"export={backend}"], tmp_path)
+    cfg = compose_cfg("export", [f"backend={backend}"], tmp_path)
     assert backend_for(cfg).name == backend
+
+
+def test_the_renamed_groups_have_options():
+    """(an empty group would leave the three tests above with nothing to run)"""
+    assert all(options(group) for group in ("kd", "maskclr", "backend"))
+
+
+def test_no_root_config_shares_its_name_with_a_group_folder():
+    """``conf/distill.yaml`` beside a ``conf/distill/`` group read as one thing (issue 21): the
+    groups were renamed (kd, backend, maskclr). ``pipeline`` is renamed next: then this set is
+    empty and the assertion below must become ``== set()``."""
+    roots = {p.stem for p in CONF.glob("*.yaml")}
+    groups = {p.name for p in CONF.iterdir() if p.is_dir()}
+    assert roots & groups == {"pipeline"}
+
+
+# The former spellings of renamed groups: (command, former overrides, today's overrides).
+FORMER_SPELLINGS = [
+    ("distill", ["distill=nano"], ["kd=nano"]),
+    ("distill", ["distill.alpha=0.7", "distill.tau=2"], ["kd.alpha=0.7", "kd.tau=2"]),
+    ("distill", ["+distill.extra=1", "++distill.gamma=0.2"], ["+kd.extra=1", "++kd.gamma=0.2"]),
+    ("distill", ["~distill"], ["~kd"]),
+    ("distill", ["student=last_lite_nano", "teacher=last_e_v3_nano"],
+     ["model@student=last_lite_nano", "model@teacher=last_e_v3_nano"]),
+    ("export", ["export=onnx_int8", "export.calibration.samples=8"],
+     ["backend=onnx_int8", "backend.calibration.samples=8"]),
+    ("export", ["export=onnx_int8", "~export.calibration"], ["backend=onnx_int8", "~backend.calibration"]),
+    ("pretrain", ["pretrain=default", "pretrain.clr_weight=0.25"], ["maskclr=default", "maskclr.clr_weight=0.25"]),
+]
+
+
+@pytest.mark.parametrize(("command", "former", "today"), FORMER_SPELLINGS)
+def test_former_spellings_are_rewritten_with_a_warning_and_compose_the_same(command, former, today, tmp_path,
+                                                                              caplog):
+    from last_lite.config_checks import legacy_overrides
+
+    with caplog.at_level(logging.WARNING, logger="last_lite.config_checks"):
+        rewritten = legacy_overrides(former, command)
+    assert rewritten == today
+    assert legacy_overrides(today, command) == today
+    warned = [r.getMessage() for r in caplog.records]
+    for old, new in zip(former, today):
+        if old != new:
+            assert f"{old} is the former spelling of {new}; rewritten" in warned
+    assert len(warned) == sum(old != new for old, new in zip(former, today))
+    assert compose_cfg(command, rewritten, tmp_path) == compose_cfg(command, today, tmp_path)
+
+
+def test_only_override_words_of_the_renamed_groups_are_rewritten(caplog):
+    from last_lite.config_checks import legacy_overrides
+
+    kept = ["-m", "-cn", "distill", "--cfg", "job", "teacher.ckpt=x.ckpt", "student.drop_path=0.1",
+            "distillation=1", "hydra.job.name=distill", "data=nw_ucla", "kd.alpha=0.3"]
+    with caplog.at_level(logging.WARNING, logger="last_lite.config_checks"):
+        assert legacy_overrides(kept, "distill") == kept
+        # other commands have no such groups: their keys are not touched
+        assert legacy_overrides(["distill=small", "export=onnx", "pretrain.x=1"], "train") == \
+            ["distill=small", "export=onnx", "pretrain.x=1"]
+        # a sweep keeps its values
+        assert legacy_overrides(["distill.alpha=0.3,0.5", "distill.tau=range(2,6,2)"], "distill") == \
+            ["kd.alpha=0.3,0.5", "kd.tau=range(2,6,2)"]
+    assert len(caplog.records) == 2
+
+
+def test_summarize_puts_runs_from_before_the_rename_in_the_columns_of_new_ones(tmp_path):
+    """A folder gathering a run written as ``distill.*`` (before conf/kd/) and one as ``kd.*``
+    makes one table: the former keys are shown in today's spelling, values looked up under both."""
+    import json
+
+    import yaml
+
+    from last_lite.summarize import collect
+
+    def job(name: str, group: str, overrides: list[str], alpha: float) -> None:
+        hydra_dir = tmp_path / name / ".hydra"
+        hydra_dir.mkdir(parents=True)
+        (hydra_dir / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+        (hydra_dir / "hydra.yaml").write_text(yaml.safe_dump(
+            {"hydra": {"job": {"config_name": "distill"}, "runtime": {"choices": {group: "small"}}}}))
+        (hydra_dir / "config.yaml").write_text(yaml.safe_dump({group: {"alpha": alpha, "tau": 4.0}, "seed": 0}))
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"top1": 0.5, "best_val_top1": 0.6}))
+
+    job("old", "distill", ["distill.tau=2", "student=last_lite_nano", "seed=1"], 0.5)
+    job("new", "kd", ["kd.alpha=0.3", "model@student=last_lite_nano"], 0.3)
+    columns, rows = collect(tmp_path)
+    assert set(columns) == {"job", "kd.tau", "model@student", "seed", "kd.alpha", "test_top1", "best_val_top1",
+                            "status"}
+    by_job = {r["job"]: r for r in rows}
+    assert by_job["old"]["kd.tau"] == "2" and by_job["old"]["kd.alpha"] == "0.5"
+    assert by_job["new"]["kd.tau"] == "4.0" and by_job["new"]["kd.alpha"] == "0.3"
+    assert by_job["old"]["model@student"] == by_job["new"]["model@student"] == "last_lite_nano"
 
 
 @pytest.mark.parametrize("preset", options("pipeline"))

@@ -18,7 +18,7 @@ from own_data import CLASSES, make_clips
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "own_data.md"
 SHORT = {"last_lite.train": ["trainer.max_epochs=1", "data.clip_len=16", "threads=1"],
-         "last_lite.evaluate": ["threads=1"], "last_lite.export": ["export.calibration.samples=16"]}
+         "last_lite.evaluate": ["threads=1"], "last_lite.export": ["backend.calibration.samples=16"]}
 
 
 def blocks(kind: str) -> list[str]:

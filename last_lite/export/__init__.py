@@ -1,6 +1,6 @@
 """Export to the edge: FP32 ONNX, ONNX Runtime INT8 (QDQ) and TensorRT engines.
 
-    python -m last_lite.export ckpt=<run>/checkpoints/best.ckpt export=onnx|onnx_int8|tensorrt
+    python -m last_lite.export ckpt=<run>/checkpoints/best.ckpt backend=onnx|onnx_int8|tensorrt
 
 - :mod:`last_lite.export.onnx`: BatchNorm folding, the inference-friendly graph rewrite,
   metadata_props, ``export_onnx``, ONNX Runtime helpers;

@@ -1,6 +1,7 @@
-"""``python -m last_lite.export ckpt=<run>/checkpoints/best.ckpt export=<onnx|onnx_int8|tensorrt|tflite|coreml|ort>``.
+"""``python -m last_lite.export ckpt=<run>/checkpoints/best.ckpt backend=<onnx|onnx_int8|tensorrt|tflite|coreml|ort>``.
 
-A Hydra app (conf/export.yaml, group ``export/``). It rebuilds the network from the checkpoint's
+A Hydra app (conf/export.yaml, group ``backend/``; the former ``export=<name>`` / ``export.*``
+spellings are rewritten with a warning). It rebuilds the network from the checkpoint's
 ``model_spec`` (weights loaded with ``weights_only=True``), the DataModule from the run folder's
 ``config.yaml``, and writes into ``out_dir`` (default ``<run folder>/export/<backend>/``):
 

@@ -1,6 +1,6 @@
 """TensorRT engines from the exported ONNX model (TensorRT 10 Python API).
 
-``python -m last_lite.export ckpt=... export=tensorrt`` (``export.precision=fp16`` or ``int8``):
+``python -m last_lite.export ckpt=... backend=tensorrt`` (``backend.precision=fp16`` or ``int8``):
 
 - FP16: the FP32 ONNX model is parsed (``OnnxParser``) into an explicit-batch network (the only
   kind TensorRT 10 has), built with ``BuilderFlag.FP16`` and one optimisation profile over the

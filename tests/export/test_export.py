@@ -33,7 +33,7 @@ def _export_cfg(trained, backend: str, out_dir: Path, *extra: str):
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name="export", overrides=[
-            f"ckpt={trained['ckpt']}", f"export={backend}", f"out_dir={out_dir}",
+            f"ckpt={trained['ckpt']}", f"backend={backend}", f"out_dir={out_dir}",
             "latency.repeats=5", "latency.warmup=1", "threads=1", *extra])
 
 
@@ -42,7 +42,7 @@ def fp32_export(trained, tmp_path_factory):
     """The CLI (a subprocess: the real Hydra app), default out_dir under the run folder."""
     cwd = tmp_path_factory.mktemp("cwd")
     proc = subprocess.run([sys.executable, "-m", "last_lite.export", f"ckpt={trained['ckpt']}",
-                           "export=onnx", "latency.repeats=5", "threads=1"], cwd=cwd, env=_env(),
+                           "backend=onnx", "latency.repeats=5", "threads=1"], cwd=cwd, env=_env(),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert list(cwd.iterdir()) == []  # Hydra left nothing in the working directory
@@ -55,7 +55,7 @@ def int8_export(trained, tmp_path_factory):
     from last_lite.export.__main__ import run
 
     out = tmp_path_factory.mktemp("int8")
-    record = run(_export_cfg(trained, "onnx_int8", out, "export.calibration.samples=64"))
+    record = run(_export_cfg(trained, "onnx_int8", out, "backend.calibration.samples=64"))
     return out, record
 
 
@@ -157,8 +157,8 @@ def test_calibrating_in_chunks_gives_the_same_minmax_model(fp32_export, tmp_path
 def test_int8_calibration_method_is_configurable(trained, tmp_path, method):
     from last_lite.export.__main__ import run
 
-    record = run(_export_cfg(trained, "onnx_int8", tmp_path, f"export.calibration.method={method}",
-                             "export.calibration.samples=16", "evaluate=false"))
+    record = run(_export_cfg(trained, "onnx_int8", tmp_path, f"backend.calibration.method={method}",
+                             "backend.calibration.samples=16", "evaluate=false"))
     assert record["quantization"]["method"] == method
     assert (tmp_path / "model_int8.onnx").is_file()
 
@@ -173,7 +173,7 @@ def test_tensorrt_without_tensorrt_or_gpu_fails_clearly_and_writes_nothing(train
         pass
     before = sorted(p.relative_to(trained["run_dir"]) for p in trained["run_dir"].rglob("*"))
     proc = subprocess.run([sys.executable, "-m", "last_lite.export", f"ckpt={trained['ckpt']}",
-                           "export=tensorrt"], cwd=tmp_path, env=_env(), capture_output=True,
+                           "backend=tensorrt"], cwd=tmp_path, env=_env(), capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode != 0
     message = proc.stderr + proc.stdout

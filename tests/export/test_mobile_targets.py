@@ -1,5 +1,5 @@
-"""Mobile and Apple targets (issue 17): ``export=ort`` (ORT mobile format), ``export=tflite``
-(LiteRT FP32 and full-integer INT8) and ``export=coreml`` (mlprogram spec) on a briefly trained
+"""Mobile and Apple targets (issue 17): ``backend=ort`` (ORT mobile format), ``backend=tflite``
+(LiteRT FP32 and full-integer INT8) and ``backend=coreml`` (mlprogram spec) on a briefly trained
 synthetic model; parity on real (synthetic test-split) clips; the runtime running ``.tflite`` and
 ``.ort`` files as it runs ``.onnx``; a missing extra stops the export before any work."""
 
@@ -45,7 +45,7 @@ def _export(trained, backend: str, out_dir: Path, *extra: str) -> dict:
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="export", overrides=[
-            f"ckpt={trained['ckpt']}", f"export={backend}", f"out_dir={out_dir}",
+            f"ckpt={trained['ckpt']}", f"backend={backend}", f"out_dir={out_dir}",
             "latency.repeats=3", "latency.warmup=1", "threads=1", *extra])
     return run(cfg)
 
@@ -64,7 +64,7 @@ def _raw_test_samples(monkeypatch):
 @pytest.fixture(scope="module")
 def ort_export(trained, tmp_path_factory):
     out = tmp_path_factory.mktemp("ort")
-    return out, _export(trained, "ort", out, "export.calibration.samples=32")
+    return out, _export(trained, "ort", out, "backend.calibration.samples=32")
 
 
 def test_ort_mobile_files_match_their_onnx_sources(ort_export):
@@ -111,7 +111,7 @@ def tflite_export(trained, tmp_path_factory):
     if not HAS_LITERT:
         pytest.skip("the [tflite] extra is not installed (pip install -e '.[tflite]')")
     out = tmp_path_factory.mktemp("tflite")
-    return out, _export(trained, "tflite", out, "export.calibration.samples=32")
+    return out, _export(trained, "tflite", out, "backend.calibration.samples=32")
 
 
 @needs_litert
@@ -256,7 +256,7 @@ def test_missing_extra_stops_before_any_work(trained, tmp_path, monkeypatch, bac
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="export", overrides=[f"ckpt={trained['ckpt']}", f"export={backend}",
+        cfg = compose(config_name="export", overrides=[f"ckpt={trained['ckpt']}", f"backend={backend}",
                                                        f"out_dir={tmp_path / 'out'}"])
     assert backend_for(cfg).name == backend
     with pytest.raises(SystemExit, match=rf"pip install -e '\.\[{extra}\]'.*Nothing was written"):

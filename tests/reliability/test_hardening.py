@@ -91,7 +91,7 @@ def test_export_refuses_a_config_yaml_planted_beside_a_clean_checkpoint(tmp_path
     marker = tmp_path / "code-ran"
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(
         {"data": {"_target_": "builtins.open", "file": str(marker), "mode": "w"}}))
-    proc = subprocess.run([sys.executable, "-m", "last_lite.export", f"ckpt={ckpt}", "export=onnx",
+    proc = subprocess.run([sys.executable, "-m", "last_lite.export", f"ckpt={ckpt}", "backend=onnx",
                            f"out_dir={tmp_path / 'out'}"], cwd=REPO, env=env_for_subprocess(),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0

@@ -114,9 +114,13 @@ def test_alpha_one_gamma_zero_trains_exactly_like_path_a(tiny_teacher_run):
 
 
 def test_distillation_and_a_small_sweep_run_through_hydra(tiny_teacher_run, tmp_path):
-    teacher = [f"teacher.ckpt={_teacher_ckpt(tiny_teacher_run)}", "teacher=last_e_v3_nano",
-               "student=last_lite_nano", "distill=nano"]
-    run_command("distill", [*teacher, "trainer.max_epochs=2", *TINY_DATA], tmp_path / "single")
+    ckpt = f"teacher.ckpt={_teacher_ckpt(tiny_teacher_run)}"
+    # the single run in the former spellings (rewritten with a warning), the sweep in today's
+    former = [ckpt, "teacher=last_e_v3_nano", "student=last_lite_nano", "distill=nano"]
+    teacher = [ckpt, "model@teacher=last_e_v3_nano", "model@student=last_lite_nano", "kd=nano"]
+    single = run_command("distill", [*former, "trainer.max_epochs=2", *TINY_DATA], tmp_path / "single")
+    assert "distill=nano is the former spelling of kd=nano" in single.stderr
+    assert "student=last_lite_nano is the former spelling of model@student=last_lite_nano" in single.stderr
     metrics = read_metrics(tmp_path / "single")
     assert metrics["command"] == "distill" and metrics["model"] == "last_lite_nano"
     with open(tmp_path / "single" / "csv" / "metrics.csv") as fh:
@@ -124,14 +128,14 @@ def test_distillation_and_a_small_sweep_run_through_hydra(tiny_teacher_run, tmp_
     assert {"train/ce", "train/kl", "train/feature_mse", "val/teacher_top1"} <= set(header)
 
     sweep = tmp_path / "sweep"
-    run_command("distill", ["-m", *teacher, "distill.alpha=0.3,0.7", "distill.gamma=0.1",
+    run_command("distill", ["-m", *teacher, "kd.alpha=0.3,0.7", "kd.gamma=0.1",
                             "trainer.max_epochs=1", *TINY_DATA, f"hydra.sweep.dir={sweep}"], tmp_path / "unused")
     table = write_tables(sweep)
-    assert table.count("\n| ") == 2 and "distill.alpha" in table
+    assert table.count("\n| ") == 2 and "kd.alpha" in table
     rows = list(csv.DictReader(open(sweep / "summary.csv")))
-    assert [r["distill.alpha"] for r in rows] == ["0.3", "0.7"]
+    assert [r["kd.alpha"] for r in rows] == ["0.3", "0.7"]
     assert all(r["status"] == "done" and 0 <= float(r["test_top1"]) <= 1 for r in rows)
-    assert "Same in every job: " in table and "`distill.gamma=0.1`" in table  # not a column
+    assert "Same in every job: " in table and "`kd.gamma=0.1`" in table  # not a column
 
     # Single runs gathered by links: a key a run did not override shows the value it ran with.
     gathered = tmp_path / "gathered"
@@ -140,8 +144,8 @@ def test_distillation_and_a_small_sweep_run_through_hydra(tiny_teacher_run, tmp_
     (gathered / "alpha_0.7").symlink_to(sweep / "1")
     write_tables(gathered)
     rows = {r["job"]: r for r in csv.DictReader(open(gathered / "summary.csv"))}
-    assert rows["preset"]["distill.alpha"] == "0.3" and rows["alpha_0.7"]["distill.alpha"] == "0.7"
-    assert rows["preset"]["distill.gamma"] == rows["alpha_0.7"]["distill.gamma"] == "0.1"
+    assert rows["preset"]["kd.alpha"] == "0.3" and rows["alpha_0.7"]["kd.alpha"] == "0.7"
+    assert rows["preset"]["kd.gamma"] == rows["alpha_0.7"]["kd.gamma"] == "0.1"
 
 
 def test_a_bf16_teacher_gives_float32_targets_close_to_the_float32_teacher(tiny_teacher_run):

@@ -171,7 +171,7 @@ def test_pretrain_config_is_unlabelled_monitors_val_loss_and_takes_extra_sources
     assert cfg.task_name == "pretrain" and cfg.test_after_fit is False
     checkpoint = cfg.callbacks.model_checkpoint
     assert checkpoint.monitor == "val/loss" and checkpoint.mode == "min"
-    assert cfg.pretrain.clr_weight == 0.5 and cfg.pretrain.temperature == 0.07
+    assert cfg.maskclr.clr_weight == 0.5 and cfg.maskclr.temperature == 0.07
     dm = instantiate(cfg.data, _convert_="all")
     assert dm.unlabelled and len(dm.extra_sources) == 1
     dm.prepare_data()

@@ -1,6 +1,6 @@
 """Export backends: one small module each, behind one interface.
 
-A backend is what ``conf/export/<name>.yaml`` names (``_target_``, its options beside it). The
+A backend is what ``conf/backend/<name>.yaml`` names (``_target_``, its options beside it). The
 export run (``last_lite.export.__main__``) writes and checks the FP32 ONNX model for every
 backend, then calls :meth:`Backend.build`, which writes the backend's own files into the
 :class:`~last_lite.export.common.ExportContext` and registers what runs them; evaluation on the
@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 
 class Backend:
-    """The FP32 ONNX model alone (``export=onnx``); subclasses add their files in :meth:`build`."""
+    """The FP32 ONNX model alone (``backend=onnx``); subclasses add their files in :meth:`build`."""
 
     name = "onnx"
 
@@ -32,9 +32,9 @@ class Backend:
 
 
 def backend_for(cfg: DictConfig) -> Backend:
-    """The backend ``cfg.export`` names (its ``_target_``, with the group's other keys as options)."""
+    """The backend ``cfg.backend`` names (its ``_target_``, with the group's other keys as options)."""
     from hydra.utils import instantiate
 
-    if "_target_" not in cfg.export:
-        raise ValueError("the export config names no backend (_target_); pick one with export=<name>")
-    return instantiate(cfg.export, _convert_="all")
+    if "_target_" not in cfg.backend:
+        raise ValueError("the export config names no backend (_target_); pick one with backend=<name>")
+    return instantiate(cfg.backend, _convert_="all")

@@ -1,4 +1,4 @@
-"""``export=coreml``: Core ML ``mlprogram`` packages, FP16 (``model.mlpackage``) and INT8 weights
+"""``backend=coreml``: Core ML ``mlprogram`` packages, FP16 (``model.mlpackage``) and INT8 weights
 (``model_int8w.mlpackage``), metadata in ``user_defined_metadata``. Core ML predicts on macOS only:
 there the packages are evaluated on the test split like the ONNX models; elsewhere the report
 records their spec (inputs, outputs, metadata, ops). Needs ``pip install -e '.[coreml]'``."""
@@ -20,7 +20,7 @@ class CoreMLBackend(Backend):
 
         missing = missing_modules()
         if missing:
-            raise SystemExit(f"last_lite.export: export=coreml needs {', '.join(missing)}: {INSTALL}. "
+            raise SystemExit(f"last_lite.export: backend=coreml needs {', '.join(missing)}: {INSTALL}. "
                              f"Nothing was written.")
 
     def build(self, ctx) -> None:

@@ -1,4 +1,4 @@
-"""``export=onnx``: the FP32 ONNX model (BatchNorm folded, runtime metadata), nothing more."""
+"""``backend=onnx``: the FP32 ONNX model (BatchNorm folded, runtime metadata), nothing more."""
 
 from last_lite.export.backends import Backend
 

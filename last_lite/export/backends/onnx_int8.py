@@ -1,4 +1,4 @@
-"""``export=onnx_int8``: ONNX Runtime static INT8 (QDQ), calibrated on training clips."""
+"""``backend=onnx_int8``: ONNX Runtime static INT8 (QDQ), calibrated on training clips."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""``export=ort``: the ONNX Runtime mobile format (``.ort`` flatbuffers, for ORT Mobile and minimal
-builds) of the FP32 model and, by default, of the INT8 QDQ model of ``export=onnx_int8``, plus the
+"""``backend=ort``: the ONNX Runtime mobile format (``.ort`` flatbuffers, for ORT Mobile and minimal
+builds) of the FP32 model and, by default, of the INT8 QDQ model of ``backend=onnx_int8``, plus the
 ``required_operators.config`` a reduced ORT build takes (``--include_ops_by_config``). Each
 ``.ort`` file keeps the metadata and gets its own SHA-256; both run in ONNX Runtime here, so they
 are checked against the ``.onnx`` files and evaluated on the test split like them."""

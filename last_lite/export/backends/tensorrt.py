@@ -1,4 +1,4 @@
-"""``export=tensorrt``: a TensorRT engine (fp16 from the FP32 model, int8 from a symmetric QDQ
+"""``backend=tensorrt``: a TensorRT engine (fp16 from the FP32 model, int8 from a symmetric QDQ
 model), compared with ONNX Runtime on real clips. Needs ``last_lite[tensorrt]`` and a GPU."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``export=tflite``: TFLite (LiteRT) FP32 and full-integer INT8 (int8 kernels, input and output:
+"""``backend=tflite``: TFLite (LiteRT) FP32 and full-integer INT8 (int8 kernels, input and output:
 Coral, NNAPI), calibrated on real training clips; both checked against PyTorch / ONNX Runtime and
 evaluated on the test split with the LiteRT interpreter. Needs ``pip install -e '.[tflite]'``."""
 
@@ -19,7 +19,7 @@ class TFLiteBackend(Backend):
 
         missing = missing_modules(MODULES)
         if missing:
-            raise SystemExit(f"last_lite.export: export=tflite needs {', '.join(missing)}: {INSTALL}. "
+            raise SystemExit(f"last_lite.export: backend=tflite needs {', '.join(missing)}: {INSTALL}. "
                              f"Nothing was written.")
 
     def build(self, ctx) -> None:

@@ -27,7 +27,7 @@ def run(cfg: DictConfig) -> dict:
     built: dict[str, MaskCLRModule] = {}
 
     def build(model_spec: dict, datamodule) -> MaskCLRModule:
-        options = OmegaConf.to_container(cfg.pretrain, resolve=True)
+        options = OmegaConf.to_container(cfg.maskclr, resolve=True)
         module = MaskCLRModule(model_spec, coord_dims=datamodule.coord_dims, optim=OmegaConf.to_container(cfg.optim, resolve=True),
                                sched=OmegaConf.to_container(cfg.sched, resolve=True), data_spec=data_spec_for(datamodule), **options)
         built["module"] = module
@@ -63,7 +63,7 @@ def run(cfg: DictConfig) -> dict:
                        if k.startswith(("train/", "val/")) and getattr(v, "numel", lambda: 1)() == 1}
     record["encoder"] = str(encoder_path)
     record["encoder_tensors"] = len(weights)
-    record["pretrain"] = OmegaConf.to_container(cfg.pretrain, resolve=True)
+    record["pretrain"] = OmegaConf.to_container(cfg.maskclr, resolve=True)  # the options (conf/maskclr/)
     write_metrics(output_dir / "metrics.json", record)
     log.info("encoder (%d tensors) written to %s", len(weights), encoder_path)
     return record
