@@ -92,6 +92,26 @@ def chosen_checkpoint(trainer: L.Trainer, rule: str) -> str | None:
     return callback.best_model_path or callback.last_model_path or last
 
 
+def selected_val_top1(trainer: L.Trainer, module: ClassifierPhase, datamodule, rule: str,
+                      checkpoint: str | None, val_size: int) -> float | None:
+    """Validation top-1 of the checkpoint the selection rule chose; None without a validation
+    split. Under ``best_val`` it is the checkpoint callback's best score; otherwise one validation
+    pass of the chosen weights."""
+    if val_size == 0 or checkpoint is None:
+        return None
+    callback = trainer.checkpoint_callback
+    if rule == "best_val" and callback.monitor == "val/top1" and callback.best_model_score is not None \
+            and checkpoint == callback.best_model_path:
+        return float(callback.best_model_score)
+    loggers, trainer.loggers = trainer.loggers, []  # the logged curves keep to the training epochs
+    try:
+        results = trainer.validate(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True,
+                                   verbose=False)
+    finally:
+        trainer.loggers = loggers
+    return float(results[0]["val/top1"])
+
+
 def idle_cores() -> int:
     """Cores not busy with other work now, from the 1-minute load average (at least one)."""
     cores = os.cpu_count() or 1
@@ -158,6 +178,8 @@ def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str, model_
     if callback is not None and callback.best_model_score is not None:
         # e.g. best_val_top1 (Path A/B) or best_val_loss (pretraining)
         record_extra[f"best_{str(callback.monitor).replace('/', '_')}"] = float(callback.best_model_score)
+    if isinstance(module, ClassifierPhase):
+        record_extra["selected_val_top1"] = selected_val_top1(trainer, module, datamodule, rule, best, val_size)
 
     top1 = top5 = per_class = None
     if cfg.get("test_after_fit", True) and isinstance(module, ClassifierPhase):
@@ -188,7 +210,7 @@ def print_summary(record: dict, output_dir: Path) -> None:
     table = Table(title=f"{record['command']}: {record['model']} on {record['dataset']}")
     for column in ("metric", "value"):
         table.add_column(column)
-    for key in ("top1", "top5", "best_val_top1"):
+    for key in ("top1", "top5", "best_val_top1", "selected_val_top1"):
         if record.get(key) is not None:
             table.add_row(key, f"{100 * record[key]:.2f}%")
     if record.get("best_val_loss") is not None:

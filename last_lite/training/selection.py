@@ -78,6 +78,16 @@ class EMAWeights(EMAWeightAveraging):
         self._average_model.avg_fn = None
         self._average_model.multi_avg_fn = ema_update(self.decay)
 
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        # Outside fitting (``trainer.validate`` of a checkpoint) the loaded weights are already the
+        # average; Lightning's callback would swap in the average left over from fitting instead.
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_validation_epoch_start(trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_validation_epoch_end(trainer, pl_module)
+
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         # Lightning's callback would load the raw weights into the model when a fitted trainer
         # tests a checkpoint; outside fitting, the checkpoint's state_dict (the average) is wanted.

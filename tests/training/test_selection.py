@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import TINY_DATA, read_metrics, run_command
+from last_lite.pipeline.plots import read_curves
 from last_lite.training.checkpoints import load_checkpoint
 from last_lite.training.schedules import step_warmup
 from last_lite.training.selection import MIN_VAL_TO_RANK, selection_rule
@@ -46,14 +47,63 @@ def test_the_run_tests_and_hands_on_the_ema_weights(tmp_path):
     assert any(not torch.equal(averaged[k], raw[k]) for k in averaged if k.endswith("weight"))
     run_command("evaluate", [f"ckpt={record['checkpoint']}", *TINY_DATA[:3]], tmp_path / "e")
     assert read_metrics(tmp_path / "e")["top1"] == pytest.approx(record["top1"], abs=1e-6)
+    # the chosen (last) weights validated once after fit: the last epoch's score, not logged again
+    val_top1 = read_curves(tmp_path / "t" / "csv" / "metrics.csv")["val/top1"]
+    assert sorted(val_top1) == [0, 1]
+    assert record["selected_val_top1"] == pytest.approx(val_top1[1], abs=1e-6)
+
+
+def test_the_selected_score_is_that_of_the_chosen_checkpoint_or_null_without_a_hold_out(tmp_path):
+    # best.ckpt written at epoch 1 of 3 (every second epoch, no monitor): validated again
+    run_command("train", ["model=last_lite_nano", "trainer.max_epochs=3", "test_after_fit=false",
+                          "selection=best_val", "callbacks.model_checkpoint.monitor=null",
+                          "+callbacks.model_checkpoint.every_n_epochs=2", *TINY_DATA], tmp_path / "early")
+    record = read_metrics(tmp_path / "early")
+    assert load_checkpoint(record["checkpoint"])["epoch"] == 1
+    val_top1 = read_curves(tmp_path / "early" / "csv" / "metrics.csv")["val/top1"]
+    assert record["selected_val_top1"] == pytest.approx(val_top1[1], abs=1e-6)
+
+    run_command("train", ["model=last_lite_nano", "trainer.max_epochs=1", "test_after_fit=false",
+                          "data.val_fraction=0", "callbacks.model_checkpoint.monitor=null", *TINY_DATA],
+                tmp_path / "none")
+    record = read_metrics(tmp_path / "none")
+    assert record["selection"]["val_size"] == 0 and record["selected_val_top1"] is None
 
 
 def test_without_averaging_the_checkpoint_holds_the_trained_weights(tmp_path):
     run_command("train", ["model=last_lite_nano", "trainer.max_epochs=1", "test_after_fit=false",
-                          "~callbacks.weight_averaging", *TINY_DATA], tmp_path)
+                          "selection=best_val", "~callbacks.weight_averaging", *TINY_DATA], tmp_path)
     record = read_metrics(tmp_path)
     assert record["selection"]["weights"] == "raw"
+    assert record["selected_val_top1"] == record["best_val_top1"]  # best_val: the callback's score
     assert "current_model_state" not in load_checkpoint(record["checkpoint"])
+
+
+def test_validating_a_checkpoint_outside_fitting_keeps_its_weights():
+    """After fit the callback still holds the average the fit ended with; ``trainer.validate`` of
+    an earlier checkpoint must score that checkpoint's (already averaged) weights, not swap it in."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.trainer.states import TrainerFn
+    from torch.optim.swa_utils import AveragedModel
+
+    from last_lite.training.selection import EMAWeights
+
+    module = torch.nn.Linear(2, 2)
+    ema = EMAWeights()
+    ema._average_model = AveragedModel(module)
+    loaded = torch.randn(2, 2)
+    with torch.no_grad():
+        module.weight.copy_(loaded)
+    validating = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.VALIDATING))
+    ema.on_validation_epoch_start(validating, module)
+    assert torch.equal(module.weight, loaded)
+    ema.on_validation_epoch_end(validating, module)
+    fitting = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.FITTING))
+    ema.on_validation_epoch_start(fitting, module)  # during fit: the average is validated
+    assert not torch.equal(module.weight, loaded)
+    ema.on_validation_epoch_end(fitting, module)
+    assert torch.equal(module.weight, loaded)
 
 
 def test_ema_warm_up_forgets_the_first_values_and_copies_integer_buffers():
