@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from last_lite.io import atomic_write, atomic_write_json, atomic_write_text
 from last_lite.pipeline import plots
 from last_lite.pipeline.state import PipelineState, StageRunner
-from last_lite.pipeline.tree import ACCURACY_CHOICE, pct
+from last_lite.pipeline.tree import ACCURACY_CHOICE, PATH_NAMES, pct, pts, selection_score
 
 log = logging.getLogger("last_lite.pipeline")
 
@@ -90,11 +90,13 @@ def model_row(state: PipelineState, runner: StageRunner, stage: str, label: str,
               path: str, export_stage: str | None = None, deployed: bool = False) -> dict[str, Any]:
     m = state.metrics(stage)
     prof = profile_stage(state, runner, stage)
+    val_top1, val_metric, val_size = selection_score(m)
     row = {"label": label, "role": role, "path": path, "model": m.get("model"), "stage": stage,
            "metrics_file": f"{stage}/metrics.json", "published": False,
            "params": m.get("params"), "flops": None if prof is None else prof["flops"],
            "flops_clip": None if prof is None else {"frames": prof["frames"], "persons": prof["persons"]},
-           "val_top1": m.get("best_val_top1"), "test_top1": m.get("top1"), "test_top5": m.get("top5"),
+           "val_top1": val_top1, "val_metric": val_metric, "val_size": val_size,
+           "test_top1": m.get("top1"), "test_top5": m.get("top5"),
            "epochs": m.get("epochs"), "val_is_test": m.get("val_is_test"), "deployed": deployed,
            "export": None}
     if export_stage and (state.stage_dir(export_stage) / "report.json").is_file() \
@@ -127,10 +129,10 @@ def build_report(cfg: DictConfig, state: PipelineState, runner: StageRunner,
         rows.append(model_row(state, runner, "reference", f"{reference['name']} (reference)",
                               "reference", "A", export_stage="export_reference"))
     for student, info in (outcome.get("students") or {}).items():
-        for path_name in ("B", "C"):
+        for path_name in PATH_NAMES:
             stage = (info.get("paths") or {}).get(path_name)
             if stage in done:
-                chosen = info.get("best") == stage
+                chosen = info.get("deployed") == stage
                 rows.append(model_row(state, runner, stage, f"{student} ({path_name})", "student",
                                       path_name, export_stage=info.get("export") if chosen else None,
                                       deployed=chosen and info.get("export") in done))
@@ -164,6 +166,7 @@ def build_report(cfg: DictConfig, state: PipelineState, runner: StageRunner,
         "accuracy_choice": ACCURACY_CHOICE,
         "thresholds": OmegaConf.to_container(cfg.pipeline.thresholds, resolve=True),
         "decisions": list(outcome.get("decisions") or []),
+        "deployment": deployment(outcome),
         "reference": reference,
         "models": rows,
         "pretraining": pretrain,
@@ -177,6 +180,22 @@ def build_report(cfg: DictConfig, state: PipelineState, runner: StageRunner,
     }
     report["plots"] = make_plots(state, report)
     return report
+
+
+def deployment(outcome: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per student: its paths' stages and the deploy rule's decision (scores, margin, branch)."""
+    decisions = {d["id"]: d for d in outcome.get("decisions") or []}
+    out = []
+    for student, info in (outcome.get("students") or {}).items():
+        decision = decisions.get(f"deploy:{student}")
+        if decision is None:
+            continue
+        v = decision["values"]
+        out.append({"student": student, "paths": dict(info.get("paths") or {}),
+                    "scores": v["candidates"], "deployed_path": v["chosen"],
+                    "deployed_stage": info.get("deployed"), "branch": v["branch"], "val_size": v["val_size"],
+                    "margin": v["margin"], "reason": decision["reason"]})
+    return out
 
 
 def make_plots(state: PipelineState, report: dict[str, Any]) -> dict[str, str]:
@@ -257,6 +276,19 @@ def markdown(report: Mapping[str, Any]) -> str:
     for d in report["decisions"]:
         L.append(f"| {d['id']} | {d['question']} | {d['outcome']} | {d['reason']} |")
     L += ["", "Which accuracy decides: " + report["accuracy_choice"], ""]
+    if report.get("deployment"):
+        L += ["## Deployment", "",
+              "Per student: each path's selection score (validation top-1 of the checkpoint its selection "
+              "rule handed on; `-`: not run), the deployed path and why.", "",
+              "| student | A (standalone) | B (distilled) | C (MaskCLR + distilled) | hold-out | margin | "
+              "deployed | decided by | reason |", "|---|---|---|---|---|---|---|---|---|"]
+        for d in report["deployment"]:
+            cells = [pct(d["scores"][p]["score"]) if p in d["scores"] else "-" for p in PATH_NAMES]
+            hold_out = "-" if not d["val_size"] else f"{d['val_size']:,} clips"
+            margin = "-" if d["margin"] is None else pts(d["margin"])
+            L.append(f"| {d['student']} | {' | '.join(cells)} | {hold_out} | {margin} | "
+                     f"{d['deployed_path']} ({d['deployed_stage']}) | {d['branch']} | {d['reason']} |")
+        L.append("")
     ref = report.get("reference")
     if ref:
         L += [f"Reference: {ref['label']}: test top-1 {pct(ref['top1'])}"
@@ -264,8 +296,9 @@ def markdown(report: Mapping[str, Any]) -> str:
               + (f" ({ref['source']})" if ref.get("source") else ""), ""]
     if report["models"]:
         L += ["## Models", "",
-              "Accuracies from each stage's metrics.json (val: the checkpoint chosen on validation; "
-              "test: that checkpoint on the test split); exported numbers from the export stage's "
+              "Accuracies from each stage's metrics.json (val: the validation top-1 of the checkpoint "
+              "the selection rule handed on; test: that checkpoint on the test split; path A: "
+              "trained alone, B: distilled, C: MaskCLR + distilled); exported numbers from the export stage's "
               "report.json (ONNX Runtime on the whole test split; latency: batch 1, median).", "",
               "| model | path | stage | params | FLOPs/clip | val top-1 | test top-1 | deployed | "
               "ONNX FP32 top-1 | INT8 top-1 | INT8 size | FP32 latency | INT8 latency |",

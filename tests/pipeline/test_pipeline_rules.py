@@ -7,7 +7,7 @@ import pytest
 
 from last_lite.pipeline.plots import pareto_front
 from last_lite.pipeline.state import PipelineState, Stage, StageRunner, changed_keys, pretrain_outputs, rebase
-from last_lite.pipeline.tree import choose_best, path_c_decision, teacher_gate
+from last_lite.pipeline.tree import deploy_decision, deploy_margin, path_c_decision, teacher_gate
 
 T = {"teacher_min_val_top1": 0.75, "max_gap_to_reference": 0.03, "student_floor": {"last_lite_small": 0.85}}
 REF = {"label": "EfficientGCN-B0, trained here", "top1": 0.88}
@@ -19,6 +19,22 @@ def test_teacher_gate_is_strictly_above_the_validation_threshold():
     assert stop.outcome == "stop" and "not above 75.00%" in stop.reason
     assert teacher_gate({"top1": 0.9}, T).outcome == "stop"  # no validation accuracy
     assert "IS its test split" in teacher_gate({"best_val_top1": 0.9, "val_is_test": True}, T).reason
+
+
+def test_teacher_gate_reads_the_score_of_the_checkpoint_the_selection_rule_chose():
+    last = {"selection": {"rule": "last", "val_size": 102}, "best_val_top1": 0.95, "selected_val_top1": 0.70}
+    gate = teacher_gate(last, T)
+    assert gate.outcome == "stop" and gate.values["metric"] == "selected_val_top1"
+    best = {"selection": {"rule": "best_val", "val_size": 4000}, "best_val_top1": 0.80, "selected_val_top1": 0.80}
+    assert teacher_gate(best, T).outcome == "pass"
+
+
+def test_teacher_gate_without_a_hold_out_is_unchecked_or_stops_when_required():
+    no_split = {"selection": {"rule": "last", "val_size": 0}, "selected_val_top1": None, "top1": 0.99}
+    unchecked = teacher_gate(no_split, T)
+    assert unchecked.outcome == "unchecked" and "without a validation split" in unchecked.reason
+    stop = teacher_gate(no_split, {**T, "require_teacher_gate": True})
+    assert stop.outcome == "stop" and "require_teacher_gate" in stop.reason
 
 
 def test_path_c_rule_in_order():
@@ -39,11 +55,66 @@ def test_path_c_rule_in_order():
         path_c_decision(nano, None, REF, T)
 
 
-def test_the_deployed_checkpoint_is_chosen_on_validation_ties_to_the_earlier_path():
-    b, c = "distill_x", "distill_x_maskclr"
-    assert choose_best("x", {b: {"best_val_top1": 0.7, "top1": 0.9},
-                             c: {"best_val_top1": 0.8, "top1": 0.1}}).values["chosen"] == c
-    assert choose_best("x", {b: {"best_val_top1": 0.8}, c: {"best_val_top1": 0.8}}).values["chosen"] == b
+def scored(score, val_size=2000, rule="last", **extra):
+    """A metrics record whose selection rule handed on a checkpoint scoring ``score`` on validation."""
+    key = "best_val_top1" if rule == "best_val" else "selected_val_top1"
+    return {"selection": {"rule": rule, "val_size": val_size}, key: score, "top1": 0.5, **extra}
+
+
+def deploy(candidates, **thresholds):
+    return deploy_decision("x", candidates, {**T, **thresholds})
+
+
+def test_deploy_a_standalone_student_clearly_ahead_on_a_large_hold_out():
+    """The case the tree once got wrong: distilled 83.84%, standalone 88.36%."""
+    d = deploy({"A": scored(0.8836), "B": scored(0.8384, top1=0.99)})
+    assert d.outcome == "A" and d.values["branch"] == "hold_out"
+    assert d.values["margin"] == pytest.approx(deploy_margin((0.8836 + 0.8384) / 2, 2000, 2.0), abs=1e-6)
+    assert d.values["candidates"]["B"] == {"score": 0.8384, "metric": "selected_val_top1", "val_size": 2000,
+                                           "val_is_test": False}
+    assert "ahead of B by more than the margin" in d.reason
+    # best_val runs are scored by best_val_top1
+    assert deploy({"A": scored(0.8836, rule="best_val"), "B": scored(0.8384, rule="best_val")}).outcome == "A"
+
+
+def test_deploy_within_the_margin_keeps_the_earlier_path_of_the_prior_order():
+    # the same scores on NW-UCLA's 102 clips: 4.5 points is within ~9.7 points
+    d = deploy({"A": scored(0.8836, 102), "B": scored(0.8384, 102)})
+    assert d.outcome == "B" and d.values["branch"] == "within_margin" and d.values["margin"] > 0.09
+    # C loses to A by more than the margin, B is within it: B
+    d = deploy({"A": scored(0.90), "B": scored(0.89), "C": scored(0.85)})
+    assert d.outcome == "B" and d.values["branch"] == "within_margin"
+    assert deploy({"A": scored(0.90), "B": scored(0.89)}, prior_order=["A", "B", "C"]).outcome == "A"
+
+
+def test_deploy_ties_go_to_the_earlier_path_and_a_better_preferred_path_wins():
+    assert deploy({"A": scored(0.88), "B": scored(0.88)}).values["branch"] == "hold_out"
+    assert deploy({"A": scored(0.88), "B": scored(0.88)}).outcome == "B"
+    assert deploy({"A": scored(0.88), "B": scored(0.80), "C": scored(0.95)}).outcome == "C"
+    # z = 0: no margin, the best score alone decides
+    assert deploy({"A": scored(0.881), "B": scored(0.880)}, deploy_z=0.0).outcome == "A"
+
+
+def test_deploy_without_a_usable_hold_out_follows_the_prior_order():
+    no_split = deploy({"A": scored(None, 0), "B": scored(None, 0), "C": scored(None, 0)})
+    assert no_split.outcome == "C" and no_split.values["branch"] == "prior_order"
+    assert "no validation split" in no_split.reason and no_split.values["margin"] is None
+    # test top-1 never decides, even when it is the only number
+    assert deploy({"A": scored(None, 0, top1=0.99), "B": scored(None, 0, top1=0.10)}).outcome == "B"
+    missing = deploy({"A": scored(0.95), "B": {"top1": 0.9, "selection": {"rule": "last", "val_size": 2000}}})
+    assert missing.outcome == "B" and "no validation score for B" in missing.reason
+    is_test = deploy({"A": scored(0.95, val_is_test=True), "B": scored(0.50, val_is_test=True)})
+    assert is_test.outcome == "B" and "is the test split" in is_test.reason
+    assert "different validation splits" in deploy({"A": scored(0.95, 2000), "B": scored(0.5, 3000)}).reason
+    assert deploy({"A": scored(None, 0), "B": scored(None, 0)}, prior_order=["A", "B", "C"]).outcome == "A"
+
+
+def test_deploy_with_a_path_not_run_or_not_in_the_prior_order():
+    # Path C skipped: the first of the paths run
+    assert deploy({"A": scored(None, 0), "B": scored(None, 0)}).outcome == "B"
+    assert set(deploy({"A": scored(0.9), "B": scored(0.8)}).values["candidates"]) == {"A", "B"}
+    with pytest.raises(ValueError, match="lacks the paths"):
+        deploy({"A": scored(0.9), "B": scored(0.8)}, prior_order=["C", "B"])
 
 
 def test_pareto_front_and_identity_diff():

@@ -1,7 +1,8 @@
 """The pipeline end to end on a tiny synthetic set.
 
-The stages (real ``python -m last_lite.<command>`` subprocesses: teacher, reference, distillation,
-MaskCLR pretraining, distillation again, INT8 export) are trained ONCE, in the session fixture;
+The stages (real ``python -m last_lite.<command>`` subprocesses: teacher, reference, the student
+alone, distillation, MaskCLR pretraining, distillation again, INT8 export) are trained ONCE, in the
+session fixture;
 every other test reruns the pipeline in a copy of that folder with other thresholds or published
 reference accuracies, with a stage runner that fails if any stage would run again.
 """
@@ -20,9 +21,9 @@ from conftest import TINY_DATA, run_command
 
 REPO = Path(__file__).resolve().parents[2]
 STAGE = [*TINY_DATA, "trainer.max_epochs=1", "data.source.num_classes=4"]
-EXPORT = ["latency.repeats=3", "latency.warmup=1", "parity.samples=8", "export.calibration.samples=16"]
+EXPORT = ["latency.repeats=3", "latency.warmup=1", "parity.samples=8", "backend.calibration.samples=16"]
 NANO = "last_lite_nano"
-B, C, PRE = f"distill_{NANO}", f"distill_{NANO}_maskclr", f"pretrain_{NANO}"
+A, B, C, PRE = f"standalone_{NANO}", f"distill_{NANO}", f"distill_{NANO}_maskclr", f"pretrain_{NANO}"
 
 
 def _hydra_list(items) -> str:
@@ -31,7 +32,9 @@ def _hydra_list(items) -> str:
 
 BASE = ["pipeline.teacher.model=last_e_v3_nano", f"~pipeline.students.{'last_lite_small'}",
         f"stage_overrides={_hydra_list(STAGE)}", f"pipeline.export.overrides={_hydra_list(EXPORT)}",
-        "pipeline.export.baselines=[]", "pipeline.thresholds.teacher_min_val_top1=0.0"]
+        "pipeline.export.baselines=[]", "pipeline.thresholds.teacher_min_val_top1=0.0",
+        # a 4-clip hold-out is noise: the prior order deploys (B, or C once run), whatever the scores
+        "pipeline.thresholds.deploy_z=100"]
 
 
 def compose_cfg(run_dir: Path, *overrides: str):
@@ -94,13 +97,19 @@ def test_the_first_runs_walk_the_tree_and_reuse_finished_stages(finished):
     assert first["status"] == "complete"
     assert decision(first, "gate_A")["outcome"] == "pass"
     assert decision(first, "path_C")["outcome"] == "skip_c"
-    assert first["invocation"]["actions"] == {"teacher": "ran", B: "ran", f"export_{B}": "ran"}
+    assert first["invocation"]["actions"] == {"teacher": "ran", A: "ran", B: "ran", f"export_{B}": "ran"}
+    deploy = decision(first, "deploy:")
+    assert deploy["outcome"] == "B" and deploy["values"]["branch"] in ("hold_out", "within_margin")
+    for path, stage in (("A", A), ("B", B)):  # scored by the selection rule's own checkpoint
+        m = metrics(finished["dir"], stage)
+        assert m["selection"]["rule"] == "last" and m["selected_val_top1"] is not None
+        assert deploy["values"]["candidates"][path]["score"] == m["selected_val_top1"]
+        assert deploy["values"]["candidates"][path]["val_size"] == m["selection"]["val_size"] == 4
 
     assert decision(second, "path_C")["outcome"] == "run_c"
     actions = second["invocation"]["actions"]
-    assert actions["teacher"] == actions[B] == "reused" and actions[PRE] == actions[C] == "ran"
-    chosen = decision(second, "best:")["values"]["chosen"]
-    assert chosen in (B, C) and actions[f"export_{chosen}"] == ("reused" if chosen == B else "ran")
+    assert actions["teacher"] == actions[A] == actions[B] == "reused" and actions[PRE] == actions[C] == "ran"
+    assert decision(second, "deploy:")["outcome"] == "C" and actions[f"export_{C}"] == "ran"
 
     # the trained reference: only it ran; the rule used the test top-1 of the metrics files
     assert third["status"] == "complete" and third["reference"]["published"] is False
@@ -116,7 +125,7 @@ def test_the_first_runs_walk_the_tree_and_reuse_finished_stages(finished):
                                   "run_c_below_by_more_than_gap", "run_c_at_floor"])
 def test_each_branch_by_thresholds_without_retraining(finished, copy, case):
     student = metrics(finished["dir"], B)["top1"]
-    teacher_val = metrics(finished["dir"], "teacher")["best_val_top1"]
+    teacher_val = metrics(finished["dir"], "teacher")["selected_val_top1"]
     overrides, expected = {
         "stop_at_A": ([f"pipeline.thresholds.teacher_min_val_top1={teacher_val}"], "stop"),
         "skip_c_at_reference": ([published(student)], "skip_c"),
@@ -171,14 +180,16 @@ def test_rerun_reuses_every_stage_and_hashes_ignore_thresholds(finished, copy):
 def test_report_numbers_equal_the_stages_metrics_files(finished):
     run_dir, report = finished["dir"], finished["third"]
     rows = {r["stage"]: r for r in report["models"]}
-    assert {"teacher", "reference", B} <= set(rows)
+    assert {"teacher", "reference", A, B} <= set(rows) and (rows[A]["path"], rows[B]["path"]) == ("A", "B")
     for row in rows.values():
         m = json.loads((run_dir / row["metrics_file"]).read_text())
         assert (row["params"], row["test_top1"], row["val_top1"], row["test_top5"]) == \
-            (m["params"], m["top1"], m["best_val_top1"], m["top5"])
+            (m["params"], m["top1"], m["selected_val_top1"], m["top5"])
         assert row["flops"] > 0
     deployed = [r for r in report["models"] if r["deployed"]]
-    assert len(deployed) == 1 and deployed[0]["stage"] == decision(report, "best:")["values"]["chosen"]
+    path = decision(report, "deploy:")["outcome"]
+    assert len(deployed) == 1 and deployed[0]["stage"] == {"A": A, "B": B, "C": C}[path] == \
+        report["deployment"][0]["deployed_stage"]
     ex = deployed[0]["export"]
     rep = json.loads((run_dir / ex["report_file"]).read_text())
     assert ex["int8"]["test_top1"] == rep["evaluation"]["models"]["int8"]["top1"]
@@ -191,6 +202,7 @@ def test_report_numbers_equal_the_stages_metrics_files(finished):
     md = (run_dir / "report.md").read_text()
     assert f"{100 * deployed[0]['test_top1']:.2f}%" in md and f"{ex['int8']['bytes'] / 1024:.1f} KiB" in md
     assert "Which accuracy decides" in md and "validation top-1" in report["accuracy_choice"]
+    assert "## Deployment" in md and report["deployment"][0]["reason"] in md
     walls = {s["stage"]: s["wall_time_s"] for s in report["stages"]}
     assert walls["teacher"] == metrics(run_dir, "teacher")["wall_time_s"]
     assert report["total_stage_time_s"] == pytest.approx(sum(walls.values()))
@@ -211,7 +223,7 @@ def test_force_redoes_a_stage_and_every_stage_that_consumed_it(finished, copy):
 
     report = pipeline(copy, published(0.0), "pipeline.force=[teacher]", runner=rerun)
     assert calls == ["teacher", B, f"export_{B}"]
-    assert report["invocation"]["actions"] == {"teacher": "forced", B: "ran", f"export_{B}": "ran"}
+    assert report["invocation"]["actions"] == {"teacher": "forced", A: "reused", B: "ran", f"export_{B}": "ran"}
     assert [p.name.split(".")[:2] for p in sorted((copy / "_aside").iterdir())] == \
         [[B, "stale"], [f"export_{B}", "stale"], ["teacher", "forced"]]
     assert "inputs." in " ".join(state(copy)["stages"][B]["changed"])  # why it was stale
@@ -227,7 +239,7 @@ def test_an_interrupted_stage_restarts_cleanly(finished, copy):
     (copy / export / "metrics.json").unlink()
     (copy / export / "report.json").unlink()
     report = pipeline(copy, published(0.0))
-    assert report["invocation"]["actions"] == {"teacher": "reused", B: "reused", export: "ran"}
+    assert report["invocation"]["actions"] == {"teacher": "reused", A: "reused", B: "reused", export: "ran"}
     record = state(copy)["stages"][export]
     assert record["status"] == "done" and record["reason"] == "incomplete"
     aside = copy / record["moved_aside"]
@@ -257,7 +269,7 @@ def test_runs_made_outside_the_pipeline_are_adopted_only_when_their_configs_matc
     from last_lite.pipeline.state import run_subprocess
 
     by_hand = tmp_path / "by_hand"
-    for stage in ("teacher", B):
+    for stage in ("teacher", A, B):
         shutil.copytree(finished["dir"] / stage, by_hand / stage)
     other_seed = tmp_path / "other_seed"
     shutil.copytree(by_hand / "teacher", other_seed)
@@ -276,14 +288,14 @@ def test_runs_made_outside_the_pipeline_are_adopted_only_when_their_configs_matc
         return run_subprocess(argv, *args, **kwargs)
 
     # B's teacher.ckpt names the original teacher folder: the same weights, so it still matches
-    report = pipeline(run_dir, published(0.0), f"++pipeline.adopt.teacher={by_hand / 'teacher'}",
-                      f"++pipeline.adopt.{B}={by_hand / B}", runner=only_export)
+    adopt = [f"++pipeline.adopt.{stage}={by_hand / stage}" for stage in ("teacher", A, B)]
+    report = pipeline(run_dir, published(0.0), *adopt, runner=only_export)
     assert report["status"] == "complete"
-    assert report["invocation"]["actions"] == {"teacher": "adopted", B: "adopted", f"export_{B}": "ran"}
+    assert report["invocation"]["actions"] == {"teacher": "adopted", A: "adopted", B: "adopted",
+                                               f"export_{B}": "ran"}
     assert metrics(run_dir, B) == metrics(finished["dir"], B)
     assert state(run_dir)["stages"]["teacher"]["adopted_from"] == str(by_hand / "teacher")
-    again = pipeline(run_dir, published(0.0), f"++pipeline.adopt.teacher={by_hand / 'teacher'}",
-                     f"++pipeline.adopt.{B}={by_hand / B}", runner=forbid)
+    again = pipeline(run_dir, published(0.0), *adopt, runner=forbid)
     assert set(again["invocation"]["actions"].values()) == {"reused"}
 
 
