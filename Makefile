@@ -56,7 +56,7 @@ export: install
 	$(PY) -m last_lite.export ckpt=$(CKPT) backend=$(BACKEND)
 
 # The decision tree (Path A -> B -> C -> INT8 export), resumable: rerun to continue.
-#   make pipeline DATA=nw_ucla [RUN=outputs/pipeline/nw_ucla] [ARGS='pipeline.force=[teacher]']
+#   make pipeline DATA=nw_ucla [RUN=outputs/pipeline/nw_ucla] [ARGS='tree.force=[teacher]']
 pipeline: install
 	$(PY) -m last_lite.pipeline data=$(DATA) $(if $(wildcard conf/experiment/$(DATA).yaml),experiment=$(DATA)) hydra.run.dir=$(RUN) $(ARGS)
 

@@ -11,7 +11,8 @@
 - :func:`did_you_mean`: the closest known keys for a misspelt one.
 - :func:`legacy_overrides`: former spellings of renamed config groups on a command line
   (``distill=small`` -> ``kd=small``, ``export=onnx_int8`` -> ``backend=onnx_int8``,
-  ``pretrain.x=1`` -> ``maskclr.x=1``, ``student=x`` -> ``model@student=x``) rewritten with a warning;
+  ``pretrain.x=1`` -> ``maskclr.x=1``, ``pipeline=ntu60_xsub`` -> ``tree=ntu60_xsub``,
+  ``student=x`` -> ``model@student=x``) rewritten with a warning;
   :func:`current_spelling` / :func:`former_keys` for readers of run folders written before.
 """
 
@@ -394,6 +395,7 @@ RENAMED_GROUPS: dict[str, dict[str, str]] = {
     "distill": {"distill": "kd"},
     "export": {"export": "backend"},
     "pretrain": {"pretrain": "maskclr"},
+    "pipeline": {"pipeline": "tree"},
 }
 #: command -> {former group: the group@package it became}: only the choice (``student=x``) is
 #: rewritten, since ``student.*`` still names the keys of the model chosen for ``student``.
@@ -433,7 +435,8 @@ def former_keys(key: str, command: str | None) -> list[str]:
 def legacy_overrides(argv: list[str], command: str) -> list[str]:
     """``argv`` with the former spellings of ``command``'s renamed groups rewritten (a warning
     naming the new spelling for each): ``distill=small`` -> ``kd=small``, ``export=onnx_int8`` ->
-    ``backend=onnx_int8``, ``pretrain.x=1`` -> ``maskclr.x=1``, ``student=x`` -> ``model@student=x``."""
+    ``backend=onnx_int8``, ``pretrain.x=1`` -> ``maskclr.x=1``, ``pipeline.force=[teacher]`` ->
+    ``tree.force=[teacher]``, ``student=x`` -> ``model@student=x``."""
     out = []
     for arg in argv:
         new = current_spelling(arg, command)

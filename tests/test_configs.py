@@ -177,16 +177,15 @@ def test_backend_options_name_a_backend(backend, tmp_path):
 
 def test_the_renamed_groups_have_options():
     """(an empty group would leave the three tests above with nothing to run)"""
-    assert all(options(group) for group in ("kd", "maskclr", "backend"))
+    assert all(options(group) for group in ("kd", "maskclr", "backend", "tree"))
 
 
 def test_no_root_config_shares_its_name_with_a_group_folder():
     """``conf/distill.yaml`` beside a ``conf/distill/`` group read as one thing (issue 21): the
-    groups were renamed (kd, backend, maskclr). ``pipeline`` is renamed next: then this set is
-    empty and the assertion below must become ``== set()``."""
+    groups were renamed (kd, backend, maskclr, tree)."""
     roots = {p.stem for p in CONF.glob("*.yaml")}
     groups = {p.name for p in CONF.iterdir() if p.is_dir()}
-    assert roots & groups == {"pipeline"}
+    assert roots and groups and roots & groups == set()
 
 
 # The former spellings of renamed groups: (command, former overrides, today's overrides).
@@ -201,6 +200,11 @@ FORMER_SPELLINGS = [
      ["backend=onnx_int8", "backend.calibration.samples=8"]),
     ("export", ["export=onnx_int8", "~export.calibration"], ["backend=onnx_int8", "~backend.calibration"]),
     ("pretrain", ["pretrain=default", "pretrain.clr_weight=0.25"], ["maskclr=default", "maskclr.clr_weight=0.25"]),
+    ("pipeline", ["pipeline=ntu60_xsub", "pipeline.thresholds.deploy_z=3"],
+     ["tree=ntu60_xsub", "tree.thresholds.deploy_z=3"]),
+    ("pipeline", ["+pipeline.thresholds.student_floor.last_lite_nano=0.8", "++pipeline.force=[teacher]",
+                  "~pipeline.students.last_lite_small"],
+     ["+tree.thresholds.student_floor.last_lite_nano=0.8", "++tree.force=[teacher]", "~tree.students.last_lite_small"]),
 ]
 
 
@@ -229,8 +233,12 @@ def test_only_override_words_of_the_renamed_groups_are_rewritten(caplog):
     with caplog.at_level(logging.WARNING, logger="last_lite.config_checks"):
         assert legacy_overrides(kept, "distill") == kept
         # other commands have no such groups: their keys are not touched
-        assert legacy_overrides(["distill=small", "export=onnx", "pretrain.x=1"], "train") == \
-            ["distill=small", "export=onnx", "pretrain.x=1"]
+        assert legacy_overrides(["distill=small", "export=onnx", "pretrain.x=1", "pipeline=x"], "train") == \
+            ["distill=small", "export=onnx", "pretrain.x=1", "pipeline=x"]
+        # the pipeline's own keys, and the stages' overrides it passes on as values, are not touched
+        pipeline_kept = ["task_name=pipeline", "hydra.job.name=pipeline", "stage_overrides=[distill.alpha=0.3]",
+                         "tree.students.last_lite_nano.overrides=[distill.alpha=0.3]", "-cn", "pipeline"]
+        assert legacy_overrides(pipeline_kept, "pipeline") == pipeline_kept
         # a sweep keeps its values
         assert legacy_overrides(["distill.alpha=0.3,0.5", "distill.tau=range(2,6,2)"], "distill") == \
             ["kd.alpha=0.3,0.5", "kd.tau=range(2,6,2)"]
@@ -266,8 +274,8 @@ def test_summarize_puts_runs_from_before_the_rename_in_the_columns_of_new_ones(t
     assert by_job["old"]["model@student"] == by_job["new"]["model@student"] == "last_lite_nano"
 
 
-@pytest.mark.parametrize("preset", options("pipeline"))
-def test_pipeline_presets_compose(preset, tmp_path):
-    cfg = compose_cfg("pipeline", [f"pipeline={preset}", "data=nw_ucla"], tmp_path)
-    assert cfg.pipeline.teacher.model in list_models()
-    assert all(student in list_models() for student in cfg.pipeline.students)
+@pytest.mark.parametrize("preset", options("tree"))
+def test_tree_presets_compose(preset, tmp_path):
+    cfg = compose_cfg("pipeline", [f"tree={preset}", "data=nw_ucla"], tmp_path)
+    assert cfg.tree.teacher.model in list_models()
+    assert all(student in list_models() for student in cfg.tree.students)

@@ -7,8 +7,12 @@ and ``plots/`` into the run folder.
 
 Rerun the same command with the same ``hydra.run.dir`` (or ``run_dir=``) to resume: finished
 stages whose config hash matches are reused, a half-written one is moved aside and redone,
-``pipeline.force=[stage,...]`` redoes the named stages (and, through their new outputs, every
-stage downstream). Changing a threshold (``pipeline.thresholds.*``) reuses every stage.
+``tree.force=[stage,...]`` redoes the named stages (and, through their new outputs, every
+stage downstream). Changing a threshold (``tree.thresholds.*``) reuses every stage.
+
+The tree's settings are the ``tree`` group (conf/tree/); the former spellings
+``pipeline=<preset>`` / ``pipeline.*`` are rewritten to ``tree=`` / ``tree.*`` with a warning
+(``last_lite.config_checks.legacy_overrides``, in ``run_cli``).
 
 Exit status: 0 when the tree completed or stopped at a decision (the report says which), 1 when
 a stage failed (the report names it and its log).
@@ -50,11 +54,26 @@ def _hydra_context():
 
 def stage_identity(run_dir: Path, cwd: Path):
     """The stage's own config, composed from its command's root config and its overrides and
-    resolved (``paths.root_dir`` = the working directory, ``paths.output_dir`` = its folder)."""
+    resolved (``paths.root_dir`` = the working directory, ``paths.output_dir`` = its folder).
+    Former spellings of renamed groups among the overrides (``distill.alpha=0.3`` in a distill
+    stage's ``tree.students.<s>.overrides``) are read as today's, as the stage's command reads them
+    (``last_lite.config_checks.legacy_overrides``), with one warning each."""
     from hydra import compose
 
+    from last_lite.config_checks import current_spelling
+
+    warned: set[tuple[str, str]] = set()
+
     def identity(stage: Stage) -> dict[str, Any]:
-        overrides = [o for o in stage.overrides if not o.startswith(("hydra.", "hydra/", "+hydra"))]
+        overrides = []
+        for o in stage.overrides:
+            if o.startswith(("hydra.", "hydra/", "+hydra")):
+                continue
+            current = current_spelling(o, stage.command)
+            if current != o and (stage.name, o) not in warned:
+                warned.add((stage.name, o))
+                log.warning("stage %s: %s is the former spelling of %s; rewritten", stage.name, o, current)
+            overrides.append(current)
         cfg = compose(config_name=stage.command, overrides=overrides)
         if "paths" in cfg:
             with open_dict(cfg):
@@ -76,18 +95,18 @@ def run(cfg: DictConfig, runner_fn=None) -> dict[str, Any]:
     run_dir = Path(str(cfg.run_dir)).expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     cwd = Path(os.getcwd())
-    force = [str(s) for s in (cfg.pipeline.get("force") or [])]
+    force = [str(s) for s in (cfg.tree.get("force") or [])]
     with _hydra_context(), Lock(run_dir):
         state = PipelineState(run_dir)
         kwargs = {} if runner_fn is None else {"runner": runner_fn}
-        adopt = cfg.pipeline.get("adopt")
+        adopt = cfg.tree.get("adopt")
         adopt = OmegaConf.to_container(adopt, resolve=True) if adopt is not None else {}
         runner = StageRunner(state, stage_identity(run_dir, cwd), force=force,
                              python=cfg.get("python"), cwd=cwd, adopt=adopt, **kwargs)
         tree = Tree(cfg, state, runner)
         log.info("every training stage gets: %s", " ".join(tree.common()) or "the commands' defaults")
         invocation: dict[str, Any] = {"started_at": now(), "argv": list(sys.argv), "force": force,
-                                      "thresholds": OmegaConf.to_container(cfg.pipeline.thresholds,
+                                      "thresholds": OmegaConf.to_container(cfg.tree.thresholds,
                                                                            resolve=True)}
         try:
             tree.run()
@@ -106,7 +125,7 @@ def run(cfg: DictConfig, runner_fn=None) -> dict[str, Any]:
             unknown = sorted(set(force) - set(tree.outcome["stages"]))
             if unknown:
                 tree.outcome["warnings"].append(
-                    f"pipeline.force names stages this run did not reach: {', '.join(unknown)}")
+                    f"tree.force names stages this run did not reach: {', '.join(unknown)}")
             invocation.update(finished_at=now(), status=tree.outcome["status"],
                               actions=dict(runner.actions))
             state.data["invocations"].append(invocation)

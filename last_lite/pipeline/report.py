@@ -106,7 +106,7 @@ def model_row(state: PipelineState, runner: StageRunner, stage: str, label: str,
 
 
 def published_points(cfg: DictConfig, dataset: str | None, reference: Mapping[str, Any] | None) -> list[dict]:
-    table = OmegaConf.to_container(cfg.pipeline.get("published_points") or {}, resolve=True)
+    table = OmegaConf.to_container(cfg.tree.get("published_points") or {}, resolve=True)
     points = [dict(p, published=True, dataset=dataset) for p in (table.get(dataset) or [])]
     if reference and reference.get("published"):
         name = reference["name"]
@@ -122,7 +122,7 @@ def build_report(cfg: DictConfig, state: PipelineState, runner: StageRunner,
     done = {s for s in stages if (state.stages.get(s) or {}).get("status") == "done"}
     rows: list[dict] = []
     if "teacher" in done:
-        rows.append(model_row(state, runner, "teacher", f"{cfg.pipeline.teacher.model} (teacher)",
+        rows.append(model_row(state, runner, "teacher", f"{cfg.tree.teacher.model} (teacher)",
                               "teacher", "A", export_stage="export_teacher"))
     reference = outcome.get("reference")
     if reference and reference.get("stage") in done:
@@ -164,7 +164,7 @@ def build_report(cfg: DictConfig, state: PipelineState, runner: StageRunner,
         "run_dir": str(state.run_dir),
         "dataset": dataset,
         "accuracy_choice": ACCURACY_CHOICE,
-        "thresholds": OmegaConf.to_container(cfg.pipeline.thresholds, resolve=True),
+        "thresholds": OmegaConf.to_container(cfg.tree.thresholds, resolve=True),
         "decisions": list(outcome.get("decisions") or []),
         "deployment": deployment(outcome),
         "reference": reference,

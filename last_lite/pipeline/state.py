@@ -20,11 +20,14 @@ otherwise its folder (half-written, stale or forced) is moved aside into ``_asid
 stage runs again from scratch.
 
 Adoption: a stage that is not done may instead take a finished run made outside the pipeline
-(``pipeline.adopt.<stage>=<run folder>``, e.g. a Path A run trained by hand). The run's resolved
+(``tree.adopt.<stage>=<run folder>``, e.g. a Path A run trained by hand). The run's resolved
 ``config.yaml`` must equal the stage's composed config, except for where it ran (``hydra``,
 ``paths``, output folders, ``threads``, ``ckpt_path``, cache folders); two paths are equal when they
-name the same file, files with the same bytes, or checkpoints holding the same weights. Any other
-difference refuses the adoption, naming the keys. The run is copied into the stage's folder.
+name the same file, files with the same bytes, or checkpoints holding the same weights. A run made
+before a config group was renamed (``distill:`` for today's ``kd:``, ``export:`` / ``backend:``,
+``pretrain:`` / ``maskclr:``; ``last_lite.config_checks.RENAMED_GROUPS``) is compared under today's
+keys. Any other difference refuses the adoption, naming the keys. The run is copied into the stage's
+folder.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from last_lite.config_checks import current_spelling, former_keys
 from last_lite.io import atomic_write_json, pid_alive
 
 log = logging.getLogger("last_lite.pipeline")
@@ -63,7 +67,7 @@ class StageFailed(RuntimeError):
 
 
 class AdoptionRefused(ValueError):
-    """``pipeline.adopt.<stage>`` names a run that cannot stand in for the stage (the message says why)."""
+    """``tree.adopt.<stage>`` names a run that cannot stand in for the stage (the message says why)."""
 
 
 def now() -> str:
@@ -257,13 +261,32 @@ def _same_weights(a: Path, b: Path) -> bool:
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def in_current_keys(run_cfg: Mapping[str, Any], stage_cfg: Mapping[str, Any], command: str | None) -> dict[str, Any]:
+    """``run_cfg`` (a run's saved config.yaml) with the top-level keys of groups renamed since it
+    ran under today's names, where the stage's config has the new key and the run only the former
+    one: a distill run's ``distill:`` block is its ``kd:`` block."""
+    out = dict(run_cfg)
+    for key in stage_cfg:
+        if key in out:
+            continue
+        for former in former_keys(str(key), command):
+            if former in out and former not in stage_cfg:
+                out[key] = out.pop(former)
+                break
+    return out
+
+
 def adoption_differences(stage_cfg: Mapping[str, Any], run_cfg: Mapping[str, Any],
-                         stage_dir: Path, run_dir: Path, limit: int = 12) -> list[str]:
-    """What keeps a finished run from standing in for a stage (empty: it may be adopted)."""
+                         stage_dir: Path, run_dir: Path, limit: int = 12,
+                         command: str | None = None) -> list[str]:
+    """What keeps a finished run from standing in for a stage (empty: it may be adopted).
+    ``command``: the stage's command, whose former group names in ``run_cfg`` are read as today's."""
     def rebased(value: Any, own_dir: Path) -> Any:
         if isinstance(value, str) and value.startswith(str(own_dir)):
             return "<output_dir>" + value[len(str(own_dir)):]
         return value
+
+    run_cfg = in_current_keys(run_cfg, stage_cfg, command)
 
     run_dir = Path((run_cfg.get("paths") or {}).get("output_dir") or run_dir)  # where it ran
     a, b = _flatten(dict(stage_cfg)), _flatten(dict(run_cfg))
@@ -311,8 +334,9 @@ class StageRunner:
 
     # -- identity ---------------------------------------------------------------------------
     def stage_hash(self, stage: Stage) -> tuple[str, dict]:
-        ident = {"command": stage.command,
-                 "overrides": [o for o in stage.overrides if not o.startswith("hydra.")],
+        ident = {"command": stage.command,  # overrides in today's spelling: a former one is the same stage
+                 "overrides": [current_spelling(o, stage.command) for o in stage.overrides
+                               if not o.startswith("hydra.")],
                  "config": self.identity(stage),
                  "inputs": {name: self.state.fingerprint(name) for name in stage.inputs}}
         text = json.dumps(ident, sort_keys=True, default=str)
@@ -368,13 +392,13 @@ class StageRunner:
         from omegaconf import OmegaConf
 
         if not (source / "metrics.json").is_file() or not (source / "config.yaml").is_file():
-            raise AdoptionRefused(f"pipeline.adopt.{stage.name}: {source} is not a finished run "
+            raise AdoptionRefused(f"tree.adopt.{stage.name}: {source} is not a finished run "
                              f"(it needs metrics.json and config.yaml)")
         stage_dir = self.state.stage_dir(stage.name)
         differences = adoption_differences(self.identity(stage), OmegaConf.to_container(OmegaConf.load(source / "config.yaml")),
-                                           stage_dir, source)
+                                           stage_dir, source, command=stage.command)
         if differences:
-            raise AdoptionRefused(f"pipeline.adopt.{stage.name}: {source} was not made with this stage's "
+            raise AdoptionRefused(f"tree.adopt.{stage.name}: {source} was not made with this stage's "
                              f"config; differences:\n  " + "\n  ".join(differences))
         aside = self.move_aside(stage.name, "adopted-over")
         # Copied under a temp name first: a copy cut short never sits at the stage's folder.
@@ -385,7 +409,7 @@ class StageRunner:
         outputs = self.outputs_of(stage)
         if outputs is None:
             shutil.rmtree(stage_dir)
-            raise AdoptionRefused(f"pipeline.adopt.{stage.name}: {source} lacks the outputs the stage "
+            raise AdoptionRefused(f"tree.adopt.{stage.name}: {source} lacks the outputs the stage "
                              f"must have (its checkpoint or encoder)")
         record = {"status": "done", "hash": digest, "command": stage.command, "overrides": list(stage.overrides),
                   "identity": ident, "inputs": list(stage.inputs), "stage_dir": stage.name,

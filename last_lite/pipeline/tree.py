@@ -8,7 +8,7 @@
     Deploy  per student, A, B or C by the deploy rule -> INT8 ONNX, test-split accuracy
 
 The rules are pure functions of the stages' metrics.json records and the thresholds
-(``pipeline.thresholds``); :class:`Tree` strings the stages together through a
+(``tree.thresholds``); :class:`Tree` strings the stages together through a
 :class:`~last_lite.pipeline.state.StageRunner`.
 
 Which accuracy decides:
@@ -193,7 +193,7 @@ def deploy_decision(student: str, candidates: Mapping[str, Mapping[str, Any]],
     prior = _list(thresholds.get("prior_order", ["C", "B", "A"]))
     unknown = sorted(set(candidates) - set(prior))
     if unknown:
-        raise ValueError(f"pipeline.thresholds.prior_order {prior} lacks the paths {unknown}")
+        raise ValueError(f"tree.thresholds.prior_order {prior} lacks the paths {unknown}")
     order = [p for p in prior if p in candidates]
     scores: dict[str, dict[str, Any]] = {}
     for path in order:
@@ -271,7 +271,7 @@ class Tree:
 
     def __init__(self, cfg: DictConfig, state: PipelineState, runner: StageRunner):
         self.cfg = cfg
-        self.p = cfg.pipeline
+        self.p = cfg.tree
         self.state = state
         self.runner = runner
         self.thresholds = OmegaConf.to_container(self.p.thresholds, resolve=True)
@@ -355,7 +355,7 @@ class Tree:
             seen = self.state.metrics("teacher").get("dataset")
             if dataset and seen and dataset != seen:
                 raise ValueError(f"the published reference accuracy is for {dataset!r} but the "
-                                 f"stages run on {seen!r}: pick the matching pipeline preset")
+                                 f"stages run on {seen!r}: pick the matching tree preset (tree=ntu60_xsub ...)")
             return {"label": f"{label}, published", "name": label, "model": str(r.model),
                     "top1": float(pub["top1"]), "params": pub.get("params"), "published": True,
                     "source": pub.get("source"), "dataset": dataset, "stage": None}
@@ -409,7 +409,7 @@ class Tree:
             if baseline == "reference" and not reference.get("stage"):
                 continue
             if baseline not in ("teacher", "reference"):
-                raise ValueError(f"pipeline.export.baselines: unknown stage {baseline!r} "
+                raise ValueError(f"tree.export.baselines: unknown stage {baseline!r} "
                                  f"(teacher, reference)")
             stage = self.export_stage(baseline, optional=True)
             try:

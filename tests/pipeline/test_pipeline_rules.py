@@ -1,12 +1,16 @@
-"""The decision rules of the pipeline, on hand-made metrics records (no training)."""
+"""The decision rules of the pipeline, on hand-made metrics records and configs (no training)."""
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
+import yaml
 
+from last_lite.pipeline.__main__ import _hydra_context, stage_identity
 from last_lite.pipeline.plots import pareto_front
-from last_lite.pipeline.state import PipelineState, Stage, StageRunner, changed_keys, pretrain_outputs, rebase
+from last_lite.pipeline.state import (AdoptionRefused, PipelineState, Stage, StageRunner, adoption_differences,
+                                      changed_keys, pretrain_outputs, rebase, training_outputs)
 from last_lite.pipeline.tree import deploy_decision, deploy_margin, path_c_decision, teacher_gate
 
 T = {"teacher_min_val_top1": 0.75, "max_gap_to_reference": 0.03, "student_floor": {"last_lite_small": 0.85}}
@@ -156,3 +160,59 @@ def test_a_stage_without_its_outputs_is_not_done_and_a_failed_command_is_recorde
     state.stages["pre"]["status"] = "done"  # as if it had finished
     state.stages["pre"]["outputs"] = {}
     assert stages.ensure(stage)["last_action"] == "reused" and len(calls) == 2
+
+
+
+DISTILL_TODAY = ["model@teacher=last_e_v3_nano", "teacher.ckpt=x.ckpt", "model@student=last_lite_nano", "kd=nano",
+                 "kd.alpha=0.3", "data=synthetic"]
+DISTILL_FORMER = ["teacher=last_e_v3_nano", "teacher.ckpt=x.ckpt", "student=last_lite_nano", "distill=nano",
+                  "distill.alpha=0.3", "data=synthetic"]
+
+
+def test_former_spellings_in_stage_overrides_compose_and_hash_as_todays(tmp_path, caplog):
+    """``tree.students.<s>.overrides=[distill.alpha=0.3]``: the distill command itself rewrites the
+    former spelling; the stage's identity (composed here, not by the command) reads it the same."""
+    today = Stage("distill_last_lite_nano", "distill", DISTILL_TODAY)
+    former = Stage("distill_last_lite_nano", "distill", DISTILL_FORMER)
+    with _hydra_context(), caplog.at_level(logging.WARNING, logger="last_lite.pipeline"):
+        identity = stage_identity(tmp_path, Path.cwd())
+        assert identity(former) == identity(today)
+        assert identity(today)["kd"]["alpha"] == 0.3
+        runner = StageRunner(PipelineState(tmp_path), identity)
+        assert runner.stage_hash(former) == runner.stage_hash(today)
+    warned = [r.getMessage() for r in caplog.records]
+    assert "stage distill_last_lite_nano: distill.alpha=0.3 is the former spelling of kd.alpha=0.3; rewritten" in warned
+    assert len(warned) == 4  # once each (teacher=, student=, distill=, distill.alpha=), though composed 3 times
+
+
+def test_a_run_saved_before_the_group_renames_is_adopted_under_todays_keys(tmp_path):
+    """A distill run made before conf/distill/ became conf/kd/ saved its loss weights under
+    ``distill:``: adopted when otherwise equal, refused naming today's key when not. A stage
+    of a command without that rename (train) reads a ``distill:`` block as a difference."""
+    stage = Stage("distill_last_lite_nano", "distill", DISTILL_TODAY, required_outputs=training_outputs)
+    with _hydra_context():
+        identity = stage_identity(tmp_path / "run", Path.cwd())
+        config = identity(stage)
+
+        def made_before(name: str, alpha: float) -> Path:
+            source = tmp_path / name
+            (source / "checkpoints").mkdir(parents=True)
+            (source / "checkpoints" / "best.ckpt").write_bytes(b"weights")
+            (source / "metrics.json").write_text(json.dumps(
+                {"output_dir": str(source), "checkpoint": str(source / "checkpoints" / "best.ckpt")}))
+            saved = {("distill" if k == "kd" else k): v for k, v in config.items()}
+            saved["distill"] = {**saved["distill"], "alpha": alpha}
+            (source / "config.yaml").write_text(yaml.safe_dump(saved))
+            return source
+
+        def runner(source: Path) -> StageRunner:
+            return StageRunner(PipelineState(tmp_path / "run"), identity, adopt={stage.name: source},
+                               runner=lambda *a: pytest.fail("a stage ran"))
+
+        with pytest.raises(AdoptionRefused, match=r"kd\.alpha: stage 0\.3 vs run 0\.7"):
+            runner(made_before("other", 0.7)).ensure(stage)
+        assert runner(made_before("same", 0.3)).ensure(stage)["last_action"] == "adopted"
+        train_cfg = identity(Stage("teacher", "train", ["model=last_e_v3_nano", "data=synthetic"]))
+    teacher_dir = tmp_path / "run" / "teacher"
+    assert adoption_differences(train_cfg, {**train_cfg, "distill": {"alpha": 0.3}}, teacher_dir, teacher_dir,
+                                command="train") == ["distill.alpha: stage '<absent>' vs run 0.3"]

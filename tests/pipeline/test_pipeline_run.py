@@ -30,11 +30,11 @@ def _hydra_list(items) -> str:
     return "[" + ",".join(f'"{i}"' for i in items) + "]"
 
 
-BASE = ["pipeline.teacher.model=last_e_v3_nano", f"~pipeline.students.{'last_lite_small'}",
-        f"stage_overrides={_hydra_list(STAGE)}", f"pipeline.export.overrides={_hydra_list(EXPORT)}",
-        "pipeline.export.baselines=[]", "pipeline.thresholds.teacher_min_val_top1=0.0",
+BASE = ["tree.teacher.model=last_e_v3_nano", f"~tree.students.{'last_lite_small'}",
+        f"stage_overrides={_hydra_list(STAGE)}", f"tree.export.overrides={_hydra_list(EXPORT)}",
+        "tree.export.baselines=[]", "tree.thresholds.teacher_min_val_top1=0.0",
         # a 4-clip hold-out is noise: the prior order deploys (B, or C once run), whatever the scores
-        "pipeline.thresholds.deploy_z=100"]
+        "tree.thresholds.deploy_z=100"]
 
 
 def compose_cfg(run_dir: Path, *overrides: str):
@@ -56,7 +56,7 @@ def forbid(argv, *args, **kwargs):
 
 
 def published(top1: float) -> str:
-    return f"pipeline.reference.published.top1={top1}"
+    return f"tree.reference.published.top1={top1}"
 
 
 def metrics(run_dir: Path, stage: str) -> dict:
@@ -127,11 +127,11 @@ def test_each_branch_by_thresholds_without_retraining(finished, copy, case):
     student = metrics(finished["dir"], B)["top1"]
     teacher_val = metrics(finished["dir"], "teacher")["selected_val_top1"]
     overrides, expected = {
-        "stop_at_A": ([f"pipeline.thresholds.teacher_min_val_top1={teacher_val}"], "stop"),
+        "stop_at_A": ([f"tree.thresholds.teacher_min_val_top1={teacher_val}"], "stop"),
         "skip_c_at_reference": ([published(student)], "skip_c"),
         "skip_c_within_gap": ([published(student + 0.02)], "skip_c"),
         "run_c_below_by_more_than_gap": ([published(student + 0.0625)], "run_c"),
-        "run_c_at_floor": ([published(student + 0.02), f"+pipeline.thresholds.student_floor.{NANO}={student}"],
+        "run_c_at_floor": ([published(student + 0.02), f"+tree.thresholds.student_floor.{NANO}={student}"],
                            "run_c"),
     }[case]
     report = pipeline(copy, *overrides, runner=forbid)
@@ -157,7 +157,7 @@ def test_rerun_reuses_every_stage_and_hashes_ignore_thresholds(finished, copy):
     from last_lite.pipeline.tree import Tree
 
     before = state(copy)
-    report = pipeline(copy, published(1.0), "pipeline.thresholds.max_gap_to_reference=0.5", runner=forbid)
+    report = pipeline(copy, published(1.0), "tree.thresholds.max_gap_to_reference=0.5", runner=forbid)
     after = state(copy)
     assert set(report["invocation"]["actions"].values()) == {"reused"}
     assert {k: v["hash"] for k, v in after["stages"].items()} == {k: v["hash"] for k, v in before["stages"].items()}
@@ -172,7 +172,7 @@ def test_rerun_reuses_every_stage_and_hashes_ignore_thresholds(finished, copy):
             return [runner.stage_hash(s)[0] for s in (tree.teacher_stage(), tree.distill_stage(NANO))]
 
     recorded = [after["stages"]["teacher"]["hash"], after["stages"][B]["hash"]]
-    assert hashes("pipeline.thresholds.teacher_min_val_top1=0.9", published(0.5)) == recorded
+    assert hashes("tree.thresholds.teacher_min_val_top1=0.9", published(0.5)) == recorded
     changed = hashes(f"stage_overrides={_hydra_list([*STAGE, 'seed=1'])}")
     assert changed[0] != recorded[0] and changed[1] != recorded[1]
 
@@ -221,7 +221,7 @@ def test_force_redoes_a_stage_and_every_stage_that_consumed_it(finished, copy):
         (stage_dir / "metrics.json").write_text(json.dumps(m))
         return 0
 
-    report = pipeline(copy, published(0.0), "pipeline.force=[teacher]", runner=rerun)
+    report = pipeline(copy, published(0.0), "tree.force=[teacher]", runner=rerun)
     assert calls == ["teacher", B, f"export_{B}"]
     assert report["invocation"]["actions"] == {"teacher": "forced", A: "reused", B: "ran", f"export_{B}": "ran"}
     assert [p.name.split(".")[:2] for p in sorted((copy / "_aside").iterdir())] == \
@@ -255,9 +255,9 @@ def test_failures_are_recorded_and_an_optional_export_is_not_fatal(copy):
         log_path.write_text("boom\n")
         return 2
 
-    report = pipeline(copy, published(0.0), "pipeline.export.baselines=[teacher]", runner=fail)
+    report = pipeline(copy, published(0.0), "tree.export.baselines=[teacher]", runner=fail)
     assert report["status"] == "complete" and "optional export of the teacher failed" in report["warnings"][0]
-    report = pipeline(copy, published(0.0), f"pipeline.force=[{B}]", runner=fail)
+    report = pipeline(copy, published(0.0), f"tree.force=[{B}]", runner=fail)
     assert report["status"] == "failed" and f"stage {B} failed (exit code 2)" in report["failures"][0]
     assert state(copy)["stages"][B]["status"] == "failed"
     assert "## Failures" in (copy / "report.md").read_text()
@@ -278,7 +278,7 @@ def test_runs_made_outside_the_pipeline_are_adopted_only_when_their_configs_matc
     OmegaConf.save(cfg, other_seed / "config.yaml")
 
     run_dir = tmp_path / "fresh"
-    refused = pipeline(run_dir, f"++pipeline.adopt.teacher={other_seed}", runner=forbid)
+    refused = pipeline(run_dir, f"++tree.adopt.teacher={other_seed}", runner=forbid)
     assert refused["status"] == "failed"
     assert re.search(r"(?s)not made with this stage's config.*seed: stage 0 vs run 7", refused["failures"][0])
     assert not (run_dir / "teacher").exists()
@@ -288,7 +288,7 @@ def test_runs_made_outside_the_pipeline_are_adopted_only_when_their_configs_matc
         return run_subprocess(argv, *args, **kwargs)
 
     # B's teacher.ckpt names the original teacher folder: the same weights, so it still matches
-    adopt = [f"++pipeline.adopt.{stage}={by_hand / stage}" for stage in ("teacher", A, B)]
+    adopt = [f"++tree.adopt.{stage}={by_hand / stage}" for stage in ("teacher", A, B)]
     report = pipeline(run_dir, published(0.0), *adopt, runner=only_export)
     assert report["status"] == "complete"
     assert report["invocation"]["actions"] == {"teacher": "adopted", A: "adopted", B: "adopted",
@@ -299,10 +299,13 @@ def test_runs_made_outside_the_pipeline_are_adopted_only_when_their_configs_matc
     assert set(again["invocation"]["actions"].values()) == {"reused"}
 
 
-def test_the_cli_takes_data_and_experiment_choices_for_its_stages(tmp_path):
+@pytest.mark.parametrize("group", ["tree", "pipeline"])  # pipeline: the former spelling, rewritten
+def test_the_cli_takes_data_and_experiment_choices_for_its_stages(group, tmp_path):
     proc = run_command("pipeline", ["data=synthetic", "experiment=nw_ucla",
-                                    f"++pipeline.adopt.teacher={tmp_path / 'nowhere'}"],
+                                    f"++{group}.adopt.teacher={tmp_path / 'nowhere'}"],
                        tmp_path / "run", check=False)
     out = proc.stdout + proc.stderr
     assert "every training stage gets: data=synthetic experiment=nw_ucla" in out
-    assert proc.returncode == 1 and "is not a finished run" in out
+    assert proc.returncode == 1 and "tree.adopt.teacher: " in out and "is not a finished run" in out
+    assert (f"++pipeline.adopt.teacher={tmp_path / 'nowhere'} is the former spelling of "
+            f"++tree.adopt.teacher={tmp_path / 'nowhere'}; rewritten" in out) == (group == "pipeline")
