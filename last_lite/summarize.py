@@ -16,6 +16,7 @@ import argparse
 import csv
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -24,46 +25,50 @@ from last_lite.config_checks import current_spelling, former_keys
 from last_lite.io import atomic_write_text
 
 
-def _hydra_record(job: Path) -> dict:
-    path = job / ".hydra" / "hydra.yaml"
-    return ((yaml.safe_load(path.read_text()) if path.is_file() else None) or {}).get("hydra") or {}
+@dataclass
+class JobRecord:
+    """What a job's ``.hydra`` folder says, read once: the root config it ran (``distill``,
+    ``train``...), its config-group choices and its composed config."""
 
+    command: str | None
+    choices: dict
+    config: dict | None
 
-def _command(job: Path) -> str | None:
-    """The root config the job ran (``distill``, ``train``...), from its Hydra record."""
-    return (_hydra_record(job).get("job") or {}).get("config_name")
+    @classmethod
+    def read(cls, job: Path) -> "JobRecord":
+        hydra_file, config_file = job / ".hydra" / "hydra.yaml", job / ".hydra" / "config.yaml"
+        hydra = ((yaml.safe_load(hydra_file.read_text()) if hydra_file.is_file() else None) or {}).get("hydra") or {}
+        return cls(command=(hydra.get("job") or {}).get("config_name"),
+                   choices=(hydra.get("runtime") or {}).get("choices") or {},
+                   config=yaml.safe_load(config_file.read_text()) if config_file.is_file() else None)
 
-
-def _value_ran_with(job: Path, key: str) -> str | None:
-    """``key``'s value in the job's Hydra record: a config-group choice or a config entry (under
-    the key's former spelling too, for a job run before its group was renamed)."""
-    key = key.lstrip("+~")
-    choices = (_hydra_record(job).get("runtime") or {}).get("choices") or {}
-    config_file = job / ".hydra" / "config.yaml"
-    config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else None
-    for spelling in (key, *former_keys(key, _command(job))):
-        if spelling in choices:
-            return None if choices[spelling] is None else str(choices[spelling])
-        node, found = config, True
-        for part in spelling.split("."):
-            if not isinstance(node, dict) or part not in node:
-                found = False
-                break
-            node = node[part]
-        if found:
-            return None if isinstance(node, (dict, list)) or node is None else str(node)
-    return None
+    def value_ran_with(self, key: str) -> str | None:
+        """``key``'s value: a config-group choice or a config entry (under the key's former
+        spelling too, for a job run before its group was renamed)."""
+        key = key.lstrip("+~")
+        for spelling in (key, *former_keys(key, self.command)):
+            if spelling in self.choices:
+                return None if self.choices[spelling] is None else str(self.choices[spelling])
+            node, found = self.config, True
+            for part in spelling.split("."):
+                if not isinstance(node, dict) or part not in node:
+                    found = False
+                    break
+                node = node[part]
+            if found:
+                return None if isinstance(node, (dict, list)) or node is None else str(node)
+        return None
 
 
 def collect(folder: Path) -> tuple[list[str], list[dict]]:
-    rows, keys = [], []
+    rows, keys, records = [], [], {}
     for job in sorted((p for p in folder.iterdir() if p.is_dir() and (p / ".hydra").is_dir()),
                       key=lambda p: (len(p.name), p.name)):
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
         row = {"job": job.name}
-        command = _command(job)
+        records[job.name] = record = JobRecord.read(job)
         for item in overrides:
-            key, _, value = current_spelling(str(item), command).partition("=")
+            key, _, value = current_spelling(str(item), record.command).partition("=")
             row[key] = value
             if key not in keys:
                 keys.append(key)
@@ -78,7 +83,7 @@ def collect(folder: Path) -> tuple[list[str], list[dict]]:
     for row in rows:
         for key in keys:
             if key not in row:
-                row[key] = _value_ran_with(folder / row["job"], key)
+                row[key] = records[row["job"]].value_ran_with(key)
     return ["job", *keys, "test_top1", "best_val_top1", "status"], rows
 
 
