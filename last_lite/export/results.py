@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -71,20 +71,24 @@ def evaluate_sessions(runners: Mapping[str, Any], loader: Iterable, num_classes:
     return out
 
 
-def time_session(session, x: np.ndarray, warmup: int = 10, repeats: int = 50) -> dict[str, float]:
-    """Wall-clock latency of ``session.run`` on ``x``: p50 / p95 / mean in milliseconds."""
-    name = session.get_inputs()[0].name
-    feed = {name: np.ascontiguousarray(x, dtype=np.float32)}
+def time_calls(call: Callable[[], Any], batch: int, warmup: int = 10, repeats: int = 50) -> dict[str, float]:
+    """Wall-clock latency of ``call()`` after ``warmup`` calls: p50 / p95 / mean in milliseconds."""
     for _ in range(warmup):
-        session.run(None, feed)
+        call()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        session.run(None, feed)
+        call()
         times.append((time.perf_counter() - t) * 1e3)
     t = np.asarray(times)
     return {"p50_ms": float(np.median(t)), "p95_ms": float(np.percentile(t, 95)),
-            "mean_ms": float(t.mean()), "repeats": int(repeats), "batch": int(x.shape[0])}
+            "mean_ms": float(t.mean()), "repeats": int(repeats), "batch": int(batch)}
+
+
+def time_session(session, x: np.ndarray, warmup: int = 10, repeats: int = 50) -> dict[str, float]:
+    """Wall-clock latency of an ONNX Runtime ``session.run`` on ``x`` (:func:`time_calls`)."""
+    feed = {session.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)}
+    return time_calls(lambda: session.run(None, feed), int(x.shape[0]), warmup, repeats)
 
 
 def file_facts(path: str | Path, params: int) -> dict[str, Any]:

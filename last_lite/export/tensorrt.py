@@ -227,15 +227,9 @@ class EngineRunner:
         return clip_logits(self.run_batch, x, self.max_batch)
 
     def latency(self, x: np.ndarray, warmup: int = 20, repeats: int = 100) -> dict[str, float]:
-        for _ in range(warmup):
-            self.run_batch(x)
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            self.run_batch(x)
-            times.append((time.perf_counter() - t) * 1e3)
-        return {"p50_ms": float(np.median(times)), "p95_ms": float(np.percentile(times, 95)),
-                "batch": int(len(x)), "repeats": int(repeats)}
+        from last_lite.export.results import time_calls
+
+        return time_calls(lambda: self.run_batch(x), len(x), warmup, repeats)
 
     def close(self) -> None:
         self.context = None

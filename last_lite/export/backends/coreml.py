@@ -72,18 +72,10 @@ class _CoreMLRunner:  # pragma: no cover - macOS only
         return out.reshape(-1, clips, out.shape[-1]).mean(1) if clips else out
 
     def latency(self, x: np.ndarray, repeats: int = 50) -> dict:
-        import time
+        from last_lite.export.results import time_calls
 
         feed = {self.input_name: np.ascontiguousarray(x[:1], np.float32)}
-        self.mlmodel.predict(feed)
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            self.mlmodel.predict(feed)
-            times.append((time.perf_counter() - t) * 1e3)
-        t = np.asarray(times)
-        return {"p50_ms": float(np.median(t)), "p95_ms": float(np.percentile(t, 95)),
-                "mean_ms": float(t.mean()), "repeats": int(repeats), "batch": 1}
+        return time_calls(lambda: self.mlmodel.predict(feed), 1, warmup=1, repeats=repeats)
 
 
 def _version() -> str | None:
