@@ -1,7 +1,7 @@
 """Training-step throughput and peak memory, side by side, beside each model's FLOP floor.
 
     python benchmarks/train_throughput.py [--models ...] [--batch 16] [--threads 2] [--steps 8]
-        [--layout ucla20 --frames 52 --persons 1] [--precisions 32 bf16] [--compile]
+        [--layout ucla20 --frames 52 --persons 1] [--precisions auto 32 bf16] [--compile]
         [--baseline <git commit> [--rounds 3]]
 
 ``--baseline`` is the A/B mode: the same measurement runs against a worktree of that commit
@@ -11,7 +11,10 @@ the table gains each model's speed-up as a ratio of medians measured in the same
 Each model runs in its own subprocess (so peak RSS is its own); the FLOP floor is
 3 x forward FLOPs (forward + backward) over this machine's measured float32 matmul rate.
 ``--precisions 32 bf16`` adds a row per model trained under bfloat16 autocast (what
-``trainer.precision=bf16-mixed`` does on a CPU; fast where the CPU has AMX or AVX512-BF16). Prints a
+``trainer.precision=bf16-mixed`` does on a CPU; fast where the CPU has AMX or AVX512-BF16).
+``auto`` is what each tree's training command does by default (``trainer.precision: auto``: bf16
+where the CPU has it natively; a tree without that setting, such as the A/B baseline a431c7a,
+trains in float32), so ``--precisions auto --baseline a431c7a`` compares the two defaults. Prints a
 table and writes outputs/benchmarks/train_throughput.json. ``--compile`` adds a row per model and
 precision with the network's features under ``torch.compile`` (what ``module.compile_features=true``
 does in training), with its compile time (the first step). Medians over the timed steps; the
@@ -67,10 +70,11 @@ def measure_one(name: str, batch: int, threads: int, steps: int, frames: int, pe
     x = torch.randn(batch, 3, frames, model.layout.num_joints, persons)
     y = torch.randint(0, num_classes, (batch,))
     features = torch.compile(model.forward_features) if compiled else model.forward_features
+    resolved = default_precision() if precision == "auto" else precision
     times, first_step_s = [], None
     for step in range(steps + 2):
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=resolved == "bf16"):
             loss = F.cross_entropy(model.forward_head(features(x)["pooled"]), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -80,10 +84,21 @@ def measure_one(name: str, batch: int, threads: int, steps: int, frames: int, pe
         if step >= 2:  # the first steps warm up allocators and kernels (and compile)
             times.append(time.perf_counter() - start)
     step_s = statistics.median(times)
-    return {"model": name, "precision": precision, "compiled": compiled, "first_step_s": first_step_s,
+    return {"model": name, "precision": precision, "resolved_precision": resolved, "compiled": compiled,
+            "first_step_s": first_step_s,
             "samples_per_s": batch / step_s, "step_ms": 1000 * step_s,
             "forward_gflops_per_sample": flops / 1e9,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def default_precision() -> str:
+    """``bf16`` or ``32``: what ``trainer.precision: auto`` picks on this CPU in the imported tree
+    (``32`` for a tree older than that setting)."""
+    try:
+        from last_lite.training.precision import cpu_has_native_bf16
+    except ImportError:
+        return "32"
+    return "bf16" if cpu_has_native_bf16() else "32"
 
 
 def worktree(commit: str) -> Path:
@@ -118,7 +133,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=64)
     parser.add_argument("--persons", type=int, default=2)
     parser.add_argument("--layout", default="ntu25", help="ntu25 (NTU shape) or ucla20 (NW-UCLA)")
-    parser.add_argument("--precisions", nargs="+", default=["32"], choices=["32", "bf16"])
+    parser.add_argument("--precisions", nargs="+", default=["auto"], choices=["32", "bf16", "auto"])
     parser.add_argument("--compile", action="store_true", help="add torch.compile rows")
     parser.add_argument("--baseline", help="A/B: also time this git commit, alternating with this tree")
     parser.add_argument("--rounds", type=int, default=3, help="A/B rounds (medians over them)")
@@ -168,11 +183,13 @@ def main() -> None:
     print(f"CPU: {cpu}; training step, batch {args.batch}, T={args.frames}, layout {args.layout}, "
           f"M={args.persons}, {args.threads} threads; matmul {rate:.0f} GFLOP/s"
           + (f"; baseline {args.baseline}, medians of {rounds} alternating rounds" if args.baseline else ""))
-    print(f"{'model':<18}{'tree':>9}{'prec':>5}{'compiled':>9}{'samples/s':>10}{'ms/step':>10}"
+    print(f"{'model':<18}{'tree':>9}{'prec':>10}{'compiled':>9}{'samples/s':>10}{'ms/step':>10}"
           f"{'floor s/s':>11}{'of floor':>9}{'peak MB':>9}{'1st step s':>11}"
           + (f"{'speed-up':>9}" if args.baseline else ""))
     for r in rows:
-        print(f"{r['model']:<18}{r['tree']:>9}{r['precision']:>5}{'yes' if r['compiled'] else 'no':>9}"
+        prec = r["precision"] if r["precision"] == r["resolved_precision"] else \
+            f"{r['precision']}:{r['resolved_precision']}"
+        print(f"{r['model']:<18}{r['tree']:>9}{prec:>10}{'yes' if r['compiled'] else 'no':>9}"
               f"{r['samples_per_s']:>10.1f}{r['step_ms']:>10.0f}{r['flop_floor_samples_per_s']:>11.1f}"
               f"{r['fraction_of_floor']:>9.0%}{r['peak_rss_mb']:>9.0f}{r['first_step_s']:>11.1f}"
               + (f"{r['speedup_vs_baseline']:>8.2f}x" if args.baseline else ""))

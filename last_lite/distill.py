@@ -16,6 +16,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from last_lite.training.distillation import DistillModule
+from last_lite.training.precision import checkpoint_precisions, resolve_teacher_precision
 from last_lite.training.runner import data_spec_for, model_spec_for, run_phase
 
 
@@ -24,7 +25,9 @@ def run(cfg: DictConfig) -> dict:
         teacher_cfg = OmegaConf.masked_copy(cfg.teacher, [k for k in cfg.teacher
                                                           if k not in ("ckpt", "precision")])
         return DistillModule(student_spec, teacher_spec=model_spec_for(teacher_cfg, datamodule),
-                             teacher_ckpt=cfg.teacher.ckpt, teacher_precision=cfg.teacher.precision,
+                             teacher_ckpt=cfg.teacher.ckpt, teacher_precision=resolve_teacher_precision(
+                                 cfg.teacher.precision, cfg.trainer.get("accelerator", "auto"),
+                                 checkpoint_precisions(cfg.get("ckpt_path"))),
                              optim=OmegaConf.to_container(cfg.optim, resolve=True), sched=OmegaConf.to_container(cfg.sched, resolve=True),
                              data_spec=data_spec_for(datamodule), **cfg.kd, **cfg.module)
 

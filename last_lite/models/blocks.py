@@ -18,6 +18,19 @@ def compute_streams(x: torch.Tensor, parents: torch.Tensor) -> tuple[torch.Tenso
     return x, velocity, bone
 
 
+def spatial_mean(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """``x.mean(dims, keepdim=True)`` of an (N, C, T, V) map, over T (2) and/or V (3).
+
+    While training it reduces the (N, T, V, C) view, a free view of the channels-last maps, so the
+    backward's full-size gradient is channels-last like every other gradient of the map; the
+    plain mean's is contiguous, and the autograd sum of the two layouts ran 2.4x slower than a
+    same-layout sum (under bf16; docs/results.md, round four). Without grad (evaluation, export)
+    it is the plain mean, so exported graphs keep one ReduceMean."""
+    if not x.requires_grad:
+        return x.mean(dim=dims, keepdim=True)
+    return x.permute(0, 2, 3, 1).mean(dim=[d - 1 for d in dims], keepdim=True).permute(0, 3, 1, 2)
+
+
 class StreamFusion(nn.Module):
     """BatchNorm per stream, concatenation, then Conv1x1 -> BN -> ReLU to the stem width."""
 
@@ -74,7 +87,7 @@ class SpatialGCN(nn.Module):
         n, c_in, _, v = x.shape
         k, c = self.num_subsets, self.out_channels
         out_degree = adjacency.sum(dim=2)  # (K, V)
-        joint_means = x.mean(dim=2)  # (N, C_in, V)
+        joint_means = spatial_mean(x, (2,)).squeeze(2)  # (N, C_in, V)
         inputs = torch.matmul(joint_means.unsqueeze(1), out_degree[None, :, :, None]) / v  # (N, K, C_in, 1)
         pooled = torch.matmul(self.conv.weight.view(1, k, c, c_in), inputs)  # (N, K, C, 1)
         return torch.softmax(self.subset_att(pooled.flatten(1)), dim=1)
@@ -120,7 +133,12 @@ class MotionGate(nn.Module):
 
     @staticmethod
     def motion_energy(x: torch.Tensor) -> torch.Tensor:
-        return (x[:, :, 1:] - x[:, :, :-1]).abs().mean(dim=(2, 3))
+        """Mean absolute frame difference per (sample, channel): (N, C)."""
+        if not x.requires_grad:
+            return (x[:, :, 1:] - x[:, :, :-1]).abs().mean(dim=(2, 3))
+        # on the (N, T, V, C) view while training, for channels-last gradients (see spatial_mean)
+        frames = x.permute(0, 2, 3, 1)
+        return (frames[:, 1:] - frames[:, :-1]).abs().mean(dim=(1, 2))
 
     def descriptor(self, x: torch.Tensor) -> torch.Tensor:
         return self.motion_energy(x)
@@ -170,7 +188,7 @@ class STJointAtt(nn.Module):
         (a gate's ``scale``, drop-path's ``post``), from small tensors alone:
         ``lerp(z, z*a_t*a_s, alpha)`` is ``z * (1 - alpha + alpha*a_t*a_s)``, and the means of
         ``x * scale`` are ``scale`` times those of ``x``."""
-        means_t, means_s = x.mean(dim=3, keepdim=True), x.mean(dim=2, keepdim=True)
+        means_t, means_s = spatial_mean(x, (3,)), spatial_mean(x, (2,))
         if scale is not None:
             means_t, means_s = means_t * scale, means_s * scale
         att_t, att_s = self.temporal(means_t), self.spatial(means_s)
@@ -246,7 +264,7 @@ class GatedPoolHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = torch.sigmoid(self.gate)
-        pooled = g * x.mean(dim=(2, 3), keepdim=True) + (1 - g) * x.amax(dim=(2, 3), keepdim=True)
+        pooled = g * spatial_mean(x, (2, 3)) + (1 - g) * x.amax(dim=(2, 3), keepdim=True)
         return pooled.flatten(1)
 
 

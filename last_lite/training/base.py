@@ -91,9 +91,11 @@ class PhaseModule(L.LightningModule):
         return loss
 
     # Exact resume: the epoch after a checkpoint must draw the same shuffles, augmentations and
-    # dropout masks as an uninterrupted run, so the RNG state travels with the checkpoint.
+    # dropout masks as an uninterrupted run, so the RNG state travels with the checkpoint, and
+    # ``precision: auto`` resumes in the precision recorded here (training/precision.py).
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
+        checkpoint["trainer_precision"] = str(self.trainer.precision)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("rng_state")

@@ -6,7 +6,8 @@ teacher channels, trained with the student and dropped at export (it is not part
 
 ``teacher_precision="bf16"`` runs the frozen teacher under bfloat16 autocast: about 1.7x faster on
 CPUs with AMX or AVX512-BF16 (its stage features stay within about 0.6% relative error of float32);
-the student always trains in the trainer's precision.
+the student always trains in the trainer's precision. ``teacher.precision: auto`` in the config picks
+bf16 only where it is native (training/precision.py).
 """
 
 from __future__ import annotations

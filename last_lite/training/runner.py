@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 from rich.table import Table
 
@@ -26,6 +26,7 @@ from last_lite.models.profile import count_parameters
 from last_lite.training.base import ClassifierPhase, PhaseModule
 from last_lite.training.checkpoints import AtomicCheckpointIO, init_from
 from last_lite.training.confusion import save_confusion_matrix
+from last_lite.training.precision import checkpoint_precisions, resolve_trainer_precision
 from last_lite.training.records import metrics_record, write_metrics
 from last_lite.training.selection import EMAWeights, selection_rule
 
@@ -140,6 +141,10 @@ def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str, model_
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     threads = apply_thread_count(cfg)
+    with open_dict(cfg):
+        cfg.trainer.precision = resolve_trainer_precision(
+            cfg.trainer.precision, cfg.trainer.get("accelerator", "auto"), checkpoint_precisions(cfg.get("ckpt_path")))
+    log.info("precision: %s", cfg.trainer.precision)
     L.seed_everything(cfg.seed, workers=True)
     # Built first: under DDP every rank runs this function, and only global rank zero writes files.
     trainer = build_trainer(cfg)
@@ -173,7 +178,8 @@ def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str, model_
         selection.update(ema_horizon_epochs=ema.horizon_epochs, ema_decay=ema.decay)
     record_extra: dict[str, Any] = {"checkpoint": best, "output_dir": str(output_dir),
                                     "val_is_test": bool(getattr(datamodule, "val_is_test", False)),
-                                    "selection": selection, "threads": threads}
+                                    "selection": selection, "threads": threads,
+                                    "precision": str(trainer.precision)}
     callback = trainer.checkpoint_callback
     if callback is not None and callback.best_model_score is not None:
         # e.g. best_val_top1 (Path A/B) or best_val_loss (pretraining)

@@ -77,3 +77,30 @@ def test_parameter_names_are_those_of_the_shipped_teacher():
     model = create_model("last_e_v3_base", num_classes=10, layout="ucla20")
     names = {k.removeprefix("model.") for k in shipped}
     assert names == set(model.state_dict())
+
+
+def test_training_means_match_the_plain_ones_and_give_channels_last_gradients():
+    """spatial_mean and the motion energy reduce the (N, T, V, C) view while training: the same
+    values and gradients as the plain reductions, with the gradient channels-last like the input."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 6, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    plain = {
+        (2,): lambda t: t.mean(dim=2, keepdim=True),
+        (3,): lambda t: t.mean(dim=3, keepdim=True),
+        (2, 3): lambda t: t.mean(dim=(2, 3), keepdim=True),
+    }
+    cases = [(lambda t, d=d: blocks.spatial_mean(t, d), f) for d, f in plain.items()]
+    cases.append((blocks.MotionGate.motion_energy, lambda t: (t[:, :, 1:] - t[:, :, :-1]).abs().mean(dim=(2, 3))))
+    for fast, reference in cases:
+        grads = []
+        for fn in (fast, reference):
+            leaf = x.clone().requires_grad_(True)
+            out = fn(leaf)
+            weights = torch.linspace(-1.0, 2.0, out.numel(), dtype=out.dtype).view(out.shape)
+            (out * weights).sum().backward()
+            grads.append(leaf.grad)
+            with torch.no_grad():
+                assert torch.allclose(fn(x), reference(x))  # the no-grad path, as exported
+            assert torch.allclose(out, reference(x))
+        assert torch.allclose(grads[0], grads[1])
+        assert grads[0].is_contiguous(memory_format=torch.channels_last)
