@@ -9,7 +9,9 @@ import torch.nn.functional as F
 
 
 def soft_label_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float) -> torch.Tensor:
-    """``tau^2 * KL(softmax(teacher/tau) || softmax(student/tau))``, batch-mean reduction."""
+    """``tau^2 * KL(softmax(teacher/tau) || softmax(student/tau))``, batch-mean reduction, in float32
+    (CPU autocast would keep bf16 logits' log-softmax in bf16)."""
+    student_logits, teacher_logits = student_logits.float(), teacher_logits.float()
     return F.kl_div(F.log_softmax(student_logits / tau, dim=1), F.log_softmax(teacher_logits / tau, dim=1),
                     reduction="batchmean", log_target=True) * tau ** 2
 

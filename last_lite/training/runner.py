@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
@@ -74,10 +74,13 @@ def build_callbacks(cfg: DictConfig) -> list:
     return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
 
 
-def build_trainer(cfg: DictConfig) -> L.Trainer:
+def build_trainer(cfg: DictConfig, precision: str | None = None) -> L.Trainer:
+    """``cfg.trainer`` with its precision resolved (``auto``: training/precision.py), or ``precision``."""
+    if precision is None:
+        precision = resolve_trainer_precision(cfg.trainer.precision, cfg.trainer.get("accelerator", "auto"), {})
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    return instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=loggers or False,
-                       plugins=[AtomicCheckpointIO()])
+    return instantiate(cfg.trainer, precision=precision, callbacks=build_callbacks(cfg),
+                       logger=loggers or False, plugins=[AtomicCheckpointIO()])
 
 
 def chosen_checkpoint(trainer: L.Trainer, rule: str) -> str | None:
@@ -141,13 +144,14 @@ def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str, model_
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     threads = apply_thread_count(cfg)
-    with open_dict(cfg):
-        cfg.trainer.precision = resolve_trainer_precision(
-            cfg.trainer.precision, cfg.trainer.get("accelerator", "auto"), checkpoint_precisions(cfg.get("ckpt_path")))
-    log.info("precision: %s", cfg.trainer.precision)
+    # config.yaml keeps the requested precision (``auto`` stays comparable across machines, e.g. for
+    # the pipeline's adoption of runs); metrics.json and the checkpoints record the resolved one.
+    precision = resolve_trainer_precision(cfg.trainer.precision, cfg.trainer.get("accelerator", "auto"),
+                                          checkpoint_precisions(cfg.get("ckpt_path")))
+    log.info("precision: %s", precision)
     L.seed_everything(cfg.seed, workers=True)
     # Built first: under DDP every rank runs this function, and only global rank zero writes files.
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(cfg, precision)
     if trainer.is_global_zero:
         atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 

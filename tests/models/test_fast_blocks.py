@@ -104,3 +104,22 @@ def test_training_means_match_the_plain_ones_and_give_channels_last_gradients():
             assert torch.allclose(out, reference(x))
         assert torch.allclose(grads[0], grads[1])
         assert grads[0].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_the_temporal_unit_under_bf16_autocast_computes_its_float32_function(stride):
+    """Under CPU bf16 autocast the strided depthwise conv runs in float32 (a slow bf16 backward);
+    the unit still computes its float32 function to bf16 tolerance, gradients included."""
+    torch.manual_seed(0)
+    unit = blocks.EpSepTCN(24, kernel_size=5, stride=stride)
+    x = torch.randn(4, 24, 16, 5).contiguous(memory_format=torch.channels_last)
+    results = []
+    for enabled in (False, True):
+        unit.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+            out = unit(x)
+        out.float().square().mean().backward()
+        results.append((out.float(), unit.depthwise[0].weight.grad.clone()))
+    (out32, grad32), (out16, grad16) = results
+    assert torch.allclose(out16, out32, rtol=0.05, atol=0.05)
+    assert torch.allclose(grad16, grad32, rtol=0.1, atol=0.02 * grad32.abs().max().item())

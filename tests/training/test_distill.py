@@ -27,6 +27,12 @@ def test_soft_label_kl_and_feature_mimicry_equal_a_hand_computation():
     torch.testing.assert_close(soft_label_kl(s, t, tau), by_hand)
     a, b = [torch.ones(2, 3), torch.zeros(1, 4)], [torch.zeros(2, 3), torch.full((1, 4), 2.0)]
     torch.testing.assert_close(feature_mimicry(a, b), torch.tensor(1.0 + 4.0))
+    # under mixed precision (precision=auto on a bf16 CPU) the loss keeps float32 arithmetic
+    s_bf16 = s.bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = soft_label_kl(s_bf16, t, tau)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, soft_label_kl(s_bf16.float(), t, tau), rtol=1e-6, atol=1e-7)
 
 
 def _teacher_ckpt(tiny_teacher_run):

@@ -54,6 +54,10 @@ def test_nt_xent_equals_a_hand_computation():
         total += -sims[positive[i]] + math.log(sum(math.exp(s) for s in sims.values()))
     torch.testing.assert_close(nt_xent(z1, z2, tau), torch.tensor(total / 4))
     assert nt_xent(z1, z2, 0.07) > 0
+    z1, z2 = torch.randn(8, 16), torch.randn(8, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # similarities stay float32 under mixed precision
+        mixed = nt_xent(z1, z2, 0.07)
+    torch.testing.assert_close(mixed, nt_xent(z1, z2, 0.07), rtol=1e-6, atol=1e-6)
 
 
 @pytest.fixture(scope="module")

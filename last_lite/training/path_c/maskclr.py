@@ -66,7 +66,8 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.07) -> to
     negatives; cosine similarities over ``temperature``, mean cross-entropy over the 2N."""
     n = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
-    sim = z @ z.T / temperature
+    with torch.autocast(z.device.type, enabled=False):  # similarities in float32 under mixed precision
+        sim = z @ z.T / temperature
     self_pairs = torch.eye(2 * n, dtype=torch.bool, device=z.device)
     sim = sim.masked_fill(self_pairs, float("-inf"))
     targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
