@@ -24,6 +24,7 @@ from last_lite.models.registry import build_model, list_models
 from last_lite.training.distillation import DistillModule
 from last_lite.training.path_c.maskclr import MaskCLRModule
 from last_lite.training.optim import build_optimizer, build_scheduler
+from last_lite.training.precision import resolve_trainer_precision
 from last_lite.training.runner import build_callbacks
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -83,7 +84,7 @@ def test_model_options_build_the_network_they_name(model, tmp_path):
 def test_distill_takes_teacher_and_student_from_the_model_group(tmp_path):
     cfg = compose_cfg("distill", ["model@student=last_lite_nano", "model@teacher=last_e_v3_nano"], tmp_path)
     assert cfg.student.name == "last_lite_nano" and cfg.teacher.name == "last_e_v3_nano"
-    assert cfg.teacher.ckpt == "x.ckpt" and cfg.teacher.precision == "bf16"
+    assert cfg.teacher.ckpt == "x.ckpt" and cfg.teacher.precision == "auto"
     assert cfg.teacher._target_ == cfg.student._target_ == "last_lite.models.registry.create_model"
 
 
@@ -141,7 +142,9 @@ def test_trainer_options_name_trainer_arguments(trainer, tmp_path):
     params = inspect.signature(target).parameters
     assert set(cfg.trainer) - {"_target_"} <= set(params)
     if cfg.trainer.accelerator == "cpu" and cfg.trainer.get("strategy") is None:
-        instantiate(cfg.trainer, logger=False, enable_progress_bar=False)
+        # as the runner builds it: `precision: auto` resolved first (training/precision.py)
+        precision = resolve_trainer_precision(cfg.trainer.precision, cfg.trainer.accelerator, {})
+        instantiate(cfg.trainer, precision=precision, logger=False, enable_progress_bar=False)
 
 
 @pytest.mark.parametrize("logger", options("logger"))
