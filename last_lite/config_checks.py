@@ -397,6 +397,16 @@ RENAMED_GROUPS: dict[str, dict[str, str]] = {
     "pretrain": {"pretrain": "maskclr"},
     "pipeline": {"pipeline": "tree"},
 }
+#: Keys that say where and how a run executed, not what it computed: the pipeline's adoption of a
+#: run and summarize's cells of seeds leave them out of their comparisons.
+EXECUTION_KEYS = ("hydra", "paths", "threads", "ckpt_path")
+EXECUTION_SUFFIXES = ("cache_dir",)
+
+
+def is_execution_key(key: str) -> bool:
+    return key.lstrip("+~").split(".")[0] in EXECUTION_KEYS or key.endswith(EXECUTION_SUFFIXES)
+
+
 #: command -> {former group: the group@package it became}: only the choice (``student=x``) is
 #: rewritten, since ``student.*`` still names the keys of the model chosen for ``student``.
 RENAMED_CHOICES: dict[str, dict[str, str]] = {

@@ -8,6 +8,12 @@ that some jobs override and others do not takes, where a job lacks it, the value
 and names the shared values once below it; the CSV keeps every column. Overrides are shown in
 today's spelling of renamed groups (a job run as ``distill.alpha=0.3`` is a ``kd.alpha`` row, see
 ``last_lite.config_checks.RENAMED_GROUPS``), so runs from before a rename share the columns of new ones.
+
+``--paired [--reference key=value ...]`` also groups the jobs into cells (the same command and
+values but the seed) and writes ``paired.md``: each cell's n, mean and standard deviation of test
+top-1, and its paired difference from the reference cell over the seeds both ran (mean, sd and the
+paired t statistic ``mean / (sd / sqrt(n))``), e.g. for a folder of links to standalone and distilled
+runs: ``python -m last_lite.summarize cells/ --paired --reference command=train``.
 """
 
 from __future__ import annotations
@@ -16,12 +22,14 @@ import argparse
 import csv
 import io
 import json
+import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from last_lite.config_checks import current_spelling, former_keys
+from last_lite.config_checks import current_spelling, former_keys, is_execution_key
 from last_lite.io import atomic_write_text
 
 
@@ -56,12 +64,14 @@ class JobRecord:
                     break
                 node = node[part]
             if found:
+                if isinstance(node, bool):  # as an override spells it
+                    return "true" if node else "false"
                 return None if isinstance(node, (dict, list)) or node is None else str(node)
         return None
 
 
 def collect(folder: Path) -> tuple[list[str], list[dict]]:
-    rows, keys, records = [], [], {}
+    rows, keys, records, ran_in = [], [], {}, {}
     for job in sorted((p for p in folder.iterdir() if p.is_dir() and (p / ".hydra").is_dir()),
                       key=lambda p: (len(p.name), p.name)):
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
@@ -77,6 +87,7 @@ def collect(folder: Path) -> tuple[list[str], list[dict]]:
         row["test_top1"] = metrics.get("top1")
         row["best_val_top1"] = metrics.get("best_val_top1")
         row["status"] = "done" if metrics else "no metrics.json"
+        ran_in[job.name] = metrics.get("precision")
         rows.append(row)
     if not rows:
         raise SystemExit(f"no Hydra jobs (folders with .hydra/) under {folder}")
@@ -84,6 +95,8 @@ def collect(folder: Path) -> tuple[list[str], list[dict]]:
         for key in keys:
             if key not in row:
                 row[key] = records[row["job"]].value_ran_with(key)
+        if "trainer.precision" in keys and ran_in[row["job"]]:
+            row["trainer.precision"] = ran_in[row["job"]]  # what `auto` resolved to
     return ["job", *keys, "test_top1", "best_val_top1", "status"], rows
 
 
@@ -109,15 +122,116 @@ def write_tables(folder: Path) -> str:
     return text
 
 
+NOT_A_CELL_KEY = ("job", "seed", "test_top1", "best_val_top1", "status")
+
+
+@dataclass
+class Cell:
+    """The jobs that ran the same command and values but the seed: test top-1 (%) by seed."""
+
+    key: tuple[tuple[str, str | None], ...]
+    top1_by_seed: dict[str, float]
+
+    def label(self, shown: list[str]) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.key if k in shown) or "(all jobs)"
+
+    def matches(self, wanted: dict[str, str]) -> bool:
+        values = dict(self.key)
+        return all(values.get(k) == v for k, v in wanted.items())
+
+
+def cells_of(folder: Path) -> list[Cell]:
+    """The folder's finished jobs grouped by command and values, the seed left out."""
+    columns, rows = collect(folder)
+    keys = ["command", *(c for c in columns if c not in NOT_A_CELL_KEY and not is_execution_key(c))]
+    cells: dict[tuple, Cell] = {}
+    for row in rows:
+        if row["test_top1"] is None:
+            continue
+        record = JobRecord.read(folder / row["job"])
+        values = {**row, "command": record.command}
+        key = tuple((k, None if values.get(k) is None else str(values.get(k))) for k in keys)
+        seed = row.get("seed") or record.value_ran_with("seed")
+        cell = cells.setdefault(key, Cell(key, {}))
+        if str(seed) in cell.top1_by_seed:
+            raise SystemExit(f"summarize: two jobs of one cell ran seed {seed} ({cell.label([k for k, _ in key])}): "
+                             "a cell needs one job per seed")
+        cell.top1_by_seed[str(seed)] = 100 * float(row["test_top1"])
+    return list(cells.values())
+
+
+def paired_difference(cell: Cell, reference: Cell) -> dict:
+    """Mean, sd and paired t of ``cell - reference`` over the seeds both ran (t needs 2 pairs)."""
+    seeds = sorted(set(cell.top1_by_seed) & set(reference.top1_by_seed))
+    diffs = [cell.top1_by_seed[s] - reference.top1_by_seed[s] for s in seeds]
+    out = {"pairs": len(diffs), "mean": statistics.mean(diffs) if diffs else None, "sd": None, "t": None}
+    if len(diffs) >= 2:
+        out["sd"] = statistics.stdev(diffs)
+        out["t"] = out["mean"] / (out["sd"] / math.sqrt(len(diffs))) if out["sd"] > 0 else None
+    return out
+
+
+def write_paired_table(folder: Path, reference: dict[str, str] | None = None) -> str:
+    cells = cells_of(folder)
+    if not cells:
+        raise SystemExit(f"summarize: no finished job (metrics.json with a test top-1) under {folder}")
+    keys = [k for k, _ in cells[0].key]
+    shown = [k for k in keys if len({dict(c.key).get(k) for c in cells}) > 1]
+    ref = None
+    if reference:
+        found = [c for c in cells if c.matches(reference)]
+        if len(found) != 1:
+            wanted = " ".join(f"{k}={v}" for k, v in reference.items())
+            raise SystemExit(f"summarize: --reference {wanted} matches {len(found)} cells, not one; the cells: "
+                             + "; ".join(c.label(shown) for c in cells))
+        ref = found[0]
+
+    def num(value: float | None, sign: bool = False) -> str:
+        return "" if value is None else (f"{value:+.2f}" if sign else f"{value:.2f}")
+
+    header = ["cell", "n", "seeds", "mean", "sd"] + (["paired diff", "sd diff", "t", "pairs"] if ref else [])
+    md = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for cell in cells:
+        values = list(cell.top1_by_seed.values())
+        row = [cell.label(shown) + (" (reference)" if cell is ref else ""), str(len(values)),
+               " ".join(sorted(cell.top1_by_seed)), num(statistics.mean(values)),
+               num(statistics.stdev(values) if len(values) > 1 else None)]
+        if ref:
+            diff = paired_difference(cell, ref) if cell is not ref else {}
+            row += [num(diff.get("mean"), sign=True), num(diff.get("sd")), num(diff.get("t")),
+                    str(diff.get("pairs", ""))]
+        md.append("| " + " | ".join(row) + " |")
+    text = "\n".join(md) + "\n\nTest top-1 in percent; sd over seeds (n - 1)."
+    if ref:
+        text += (" Paired difference: the cell minus the reference on the seeds both ran; t = mean / (sd /"
+                 " sqrt(pairs)), with pairs - 1 degrees of freedom.")
+    text += "\n"
+    atomic_write_text(folder / "paired.md", text)
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="a multirun folder (outputs/multirun/<date>/<time>_<task>), or "
                         "a folder of links to single runs")
+    parser.add_argument("--paired", action="store_true",
+                        help="also group jobs into cells over seeds and write paired.md")
+    parser.add_argument("--reference", nargs="+", metavar="KEY=VALUE",
+                        help="with --paired: the cell the others are compared with, e.g. command=train")
     args = parser.parse_args(argv)
     if not args.folder.is_dir():
         parser.exit(2, f"summarize: error: {args.folder} is not a folder (a multirun prints its folder "
                        f"when it ends, e.g. outputs/multirun/<date>/<time>_distill)\n")
+    if args.reference and not args.paired:
+        parser.exit(2, "summarize: error: --reference compares cells: add --paired\n")
+    reference = None
+    if args.reference:
+        if any("=" not in item for item in args.reference):
+            parser.exit(2, "summarize: error: --reference takes KEY=VALUE pairs, e.g. command=train\n")
+        reference = dict(item.split("=", 1) for item in args.reference)
     print(write_tables(args.folder))
+    if args.paired:
+        print(write_paired_table(args.folder, reference))
 
 
 if __name__ == "__main__":

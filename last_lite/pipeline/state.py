@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from last_lite.config_checks import current_spelling, former_keys
+from last_lite.config_checks import current_spelling, former_keys, is_execution_key
 from last_lite.io import atomic_write_json, pid_alive
 
 log = logging.getLogger("last_lite.pipeline")
@@ -238,15 +238,6 @@ def changed_keys(old: Mapping[str, Any] | None, new: Mapping[str, Any], limit: i
     return sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))[:limit]
 
 
-# Where and how a run executed, not what it computed: left out of the adoption comparison.
-EXECUTION_KEYS = ("hydra", "paths", "threads", "ckpt_path")
-EXECUTION_SUFFIXES = ("cache_dir",)
-
-
-def _is_execution_key(key: str) -> bool:
-    return key.split(".")[0] in EXECUTION_KEYS or key.endswith(EXECUTION_SUFFIXES)
-
-
 def _same_weights(a: Path, b: Path) -> bool:
     if a.is_file() and b.is_file() and file_sha256(a) == file_sha256(b):
         return True
@@ -292,7 +283,7 @@ def adoption_differences(stage_cfg: Mapping[str, Any], run_cfg: Mapping[str, Any
     a, b = _flatten(dict(stage_cfg)), _flatten(dict(run_cfg))
     out = []
     for key in sorted(set(a) | set(b)):
-        if _is_execution_key(key):
+        if is_execution_key(key):  # where and how a run executed, not what it computed
             continue
         va, vb = rebased(a.get(key, "<absent>"), stage_dir), rebased(b.get(key, "<absent>"), run_dir)
         if va == vb:

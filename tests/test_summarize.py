@@ -1,0 +1,78 @@
+"""summarize --paired: cells over seeds, their spread, and paired differences with t statistics."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+from last_lite.summarize import write_paired_table
+
+
+def _job(folder: Path, name: str, command: str, overrides: list[str], top1: float | None,
+         precision_config: str = "32-true", precision_ran: str | None = None) -> None:
+    """A run folder as a Hydra job leaves it: .hydra/{overrides,hydra,config}.yaml and metrics.json."""
+    job = folder / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(
+        {"hydra": {"job": {"config_name": command}, "runtime": {"choices": {"model": "last_lite_small"}}}}))
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(
+        {"seed": 0, "threads": None, "trainer": {"precision": precision_config}}))
+    if top1 is not None:
+        metrics = {"top1": top1, **({"precision": precision_ran} if precision_ran else {})}
+        (job / "metrics.json").write_text(json.dumps(metrics))
+
+
+@pytest.fixture
+def cells_folder(tmp_path) -> Path:
+    folder = tmp_path / "cells"
+    standalone = [0.90, 0.88, 0.91]
+    distilled = [0.92, 0.91, 0.915]
+    for seed, (a, b) in enumerate(zip(standalone, distilled)):
+        # a resumed run (ckpt_path), another thread count: where it ran, not what it computed
+        extra = [f"ckpt_path=runs/a{seed}/last.ckpt"] if seed == 1 else []
+        _job(folder, f"a{seed}", "train", [f"seed={seed}", "threads=1", *extra], a)
+        # seed 2 asked for precision auto and ran float32: the same cell as the float32 runs
+        _job(folder, f"b{seed}", "distill", [f"seed={seed}", "threads=2",
+                                             *(["trainer.precision=auto"] if seed == 2 else [])], b,
+             precision_config="auto" if seed == 2 else "32-true", precision_ran="32-true" if seed == 2 else None)
+    _job(folder, "b_unfinished", "distill", ["seed=3"], None)
+    return folder
+
+
+def _row(text: str, starts: str) -> list[str]:
+    line = next(line for line in text.splitlines() if line.startswith(f"| {starts}"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_cells_pair_seeds_and_give_the_paired_t_statistic(cells_folder):
+    text = write_paired_table(cells_folder, {"command": "train"})
+    assert (cells_folder / "paired.md").read_text() == text
+    reference, distilled = _row(text, "command=train"), _row(text, "command=distill")
+    assert reference[0].endswith("(reference)") and reference[1:5] == ["3", "0 1 2", "89.67", "1.53"]
+    diffs = [2.0, 3.0, 0.5]
+    mean, sd = sum(diffs) / 3, math.sqrt(sum((d - sum(diffs) / 3) ** 2 for d in diffs) / 2)
+    assert distilled[1:3] == ["3", "0 1 2"]  # the unfinished seed-3 job is left out
+    assert distilled[5:] == [f"{mean:+.2f}", f"{sd:.2f}", f"{mean / (sd / math.sqrt(3)):.2f}", "3"]
+
+
+def test_a_reference_that_is_not_one_cell_and_a_seed_run_twice_are_refused(cells_folder):
+    with pytest.raises(SystemExit, match="matches 0 cells, not one; the cells: command=train; command=distill"):
+        write_paired_table(cells_folder, {"command": "pretrain"})
+    _job(cells_folder, "a0_again", "train", ["seed=0"], 0.5)
+    with pytest.raises(SystemExit, match="two jobs of one cell ran seed 0"):
+        write_paired_table(cells_folder)
+
+
+def test_the_command_line_asks_for_paired_before_a_reference(cells_folder):
+    run = [sys.executable, "-m", "last_lite.summarize", str(cells_folder)]
+    refused = subprocess.run([*run, "--reference", "command=train"], cwd=REPO, capture_output=True, text=True)
+    assert refused.returncode == 2 and "add --paired" in refused.stderr
+    done = subprocess.run([*run, "--paired", "--reference", "command=train"], cwd=REPO, capture_output=True,
+                          text=True, check=True)
+    assert "paired diff" in done.stdout and (cells_folder / "summary.md").is_file()
