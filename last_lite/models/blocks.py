@@ -114,9 +114,10 @@ class EpSepTCN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.expand(x)
         conv, norm, act = self.depthwise
-        if conv.stride[0] > 1 and h.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        if conv.stride[0] > 1 and h.requires_grad and h.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             # oneDNN's bf16 backward of a strided depthwise conv ran 10-14x slower than its float32
-            # one (docs/results.md, round four): this one conv trains in float32.
+            # one (docs/results.md, round four): this one conv trains in float32 (its bf16 forward,
+            # e.g. a frozen teacher's, is fast and stays).
             with torch.autocast("cpu", enabled=False):
                 h = conv(h.float())
         else:
