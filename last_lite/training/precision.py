@@ -1,7 +1,7 @@
 """``precision: auto``: mixed precision only where the hardware does it natively.
 
-On a CPU, bfloat16 autocast pays only with native bf16 arithmetic (AMX or AVX512-BF16: about
-1.3x a training step, docs/results.md "Training throughput"); elsewhere it is emulated and slower,
+On a CPU, bfloat16 autocast pays only with native bf16 arithmetic (AMX or AVX512-BF16;
+docs/results.md, "Training throughput", round four); elsewhere it is emulated and slower,
 so ``auto`` trains in float32 there. A resumed run keeps the precision its checkpoint was trained
 in, so a run split across machine kinds still resumes exactly.
 """
