@@ -70,7 +70,8 @@ class JobRecord:
         return None
 
 
-def collect(folder: Path) -> tuple[list[str], list[dict]]:
+def collect(folder: Path) -> tuple[list[str], list[dict], dict[str, JobRecord]]:
+    """The table's columns, one row per job, and each job's Hydra record by job name."""
     rows, keys, records, ran_in = [], [], {}, {}
     for job in sorted((p for p in folder.iterdir() if p.is_dir() and (p / ".hydra").is_dir()),
                       key=lambda p: (len(p.name), p.name)):
@@ -97,7 +98,7 @@ def collect(folder: Path) -> tuple[list[str], list[dict]]:
                 row[key] = records[row["job"]].value_ran_with(key)
         if "trainer.precision" in keys and ran_in[row["job"]]:
             row["trainer.precision"] = ran_in[row["job"]]  # what `auto` resolved to
-    return ["job", *keys, "test_top1", "best_val_top1", "status"], rows
+    return ["job", *keys, "test_top1", "best_val_top1", "status"], rows, records
 
 
 def _fmt(value) -> str:
@@ -105,7 +106,7 @@ def _fmt(value) -> str:
 
 
 def write_tables(folder: Path) -> str:
-    columns, rows = collect(folder)
+    columns, rows, _ = collect(folder)
     swept = [c for c in columns if c in ("job", "test_top1", "best_val_top1", "status")
              or len(rows) == 1 or len({r.get(c) for r in rows}) > 1]
     shared = [f"`{c}={rows[0].get(c)}`" for c in columns if c not in swept]
@@ -142,13 +143,13 @@ class Cell:
 
 def cells_of(folder: Path) -> list[Cell]:
     """The folder's finished jobs grouped by command and values, the seed left out."""
-    columns, rows = collect(folder)
+    columns, rows, records = collect(folder)
     keys = ["command", *(c for c in columns if c not in NOT_A_CELL_KEY and not is_execution_key(c))]
     cells: dict[tuple, Cell] = {}
     for row in rows:
         if row["test_top1"] is None:
             continue
-        record = JobRecord.read(folder / row["job"])
+        record = records[row["job"]]
         values = {**row, "command": record.command}
         key = tuple((k, None if values.get(k) is None else str(values.get(k))) for k in keys)
         seed = row.get("seed") or record.value_ran_with("seed")
