@@ -8,7 +8,9 @@ DEMO_VENV ?= .venv-demo
 CKPT    ?=
 BACKEND ?= onnx_int8
 DATA    ?= synthetic
-RUN     ?= outputs/pipeline/$(DATA)
+# the pipeline's recipe: conf/experiment/<name>, by default the one named like DATA (if any)
+EXPERIMENT ?= $(if $(wildcard conf/experiment/$(DATA).yaml),$(DATA))
+RUN     ?= outputs/pipeline/$(or $(EXPERIMENT),$(DATA))
 
 .PHONY: install demo-env lint test demo export pipeline clean
 
@@ -56,9 +58,10 @@ export: install
 	$(PY) -m last_lite.export ckpt=$(CKPT) backend=$(BACKEND)
 
 # The decision tree (Path A -> B -> C -> INT8 export), resumable: rerun to continue.
-#   make pipeline DATA=nw_ucla [RUN=outputs/pipeline/nw_ucla] [ARGS='tree.force=[teacher]']
+#   make pipeline DATA=nw_ucla [EXPERIMENT=nw_ucla_full] [RUN=outputs/pipeline/<experiment>]
+#                 [ARGS='tree.jobs=2 tree.force=[teacher]']
 pipeline: install
-	$(PY) -m last_lite.pipeline data=$(DATA) $(if $(wildcard conf/experiment/$(DATA).yaml),experiment=$(DATA)) hydra.run.dir=$(RUN) $(ARGS)
+	$(PY) -m last_lite.pipeline data=$(DATA) $(if $(EXPERIMENT),experiment=$(EXPERIMENT)) hydra.run.dir=$(RUN) $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_VENV) outputs .pytest_cache

@@ -6,7 +6,8 @@ export of each student's checkpoint chosen on validation; writes ``report.md``, 
 and ``plots/`` into the run folder.
 
 Rerun the same command with the same ``hydra.run.dir`` (or ``run_dir=``) to resume: finished
-stages whose config hash matches are reused, a half-written one is moved aside and redone,
+stages whose config hash matches are reused, an interrupted training stage resumes from its
+``last.ckpt``, any other half-written one is moved aside and redone,
 ``tree.force=[stage,...]`` redoes the named stages (and, through their new outputs, every
 stage downstream). Changing a threshold (``tree.thresholds.*``) reuses every stage.
 

@@ -15,9 +15,16 @@ status (``running`` / ``done`` / ``failed``), hash, command, outputs (relative t
 folder) and what the latest pipeline invocation did with it (``ran`` / ``reused`` / ``forced``).
 
 A stage is ``done`` only after its metrics.json (and the outputs its consumers need) exist. On a
-rerun a stage is reused when it is done, its hash matches and its outputs are still there;
-otherwise its folder (half-written, stale or forced) is moved aside into ``_aside/`` and the
-stage runs again from scratch.
+rerun a stage is reused when it is done, its hash matches and its outputs are still there. A
+training stage (train, distill, pretrain) that was interrupted (its record still says ``running``,
+its process is gone: a session ended, the machine rebooted) with the same hash resumes from its
+``checkpoints/last.ckpt`` in place (``ckpt_path=``, the log appended), so a tree whose stages
+outlast one sitting still advances. Otherwise the folder (half-written, failed, stale or forced)
+is moved aside into ``_aside/`` and the stage runs again from scratch.
+
+Independent stages may run side by side (:meth:`StageRunner.ensure_all`, the tree's ``jobs``);
+each then gets ``threads=<cores / jobs>`` unless its overrides set ``threads``. Resume and thread
+arguments are how a stage runs, not what it computes: they are left out of its identity.
 
 Adoption: a stage that is not done may instead take a finished run made outside the pipeline
 (``tree.adopt.<stage>=<run folder>``, e.g. a Path A run trained by hand). The run's resolved
@@ -32,6 +39,7 @@ folder.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -41,6 +49,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -56,6 +66,7 @@ RUN_TOKEN = "${run}"
 CWD_TOKEN = "${cwd}"
 ASIDE_DIR = "_aside"
 LOG_DIR = "logs"
+RESUMABLE_COMMANDS = ("train", "distill", "pretrain")  # they take ckpt_path= and write last.ckpt
 
 
 class StageFailed(RuntimeError):
@@ -94,8 +105,10 @@ class Stage:
     required_outputs: Callable[[dict, Path], dict[str, Path]] | None = None
     optional: bool = False             # a failure is recorded, the pipeline goes on
 
-    def argv(self, python: str, stage_dir: Path) -> list[str]:
-        return [python, "-m", f"last_lite.{self.command}", *self.overrides, f"hydra.run.dir={stage_dir}"]
+    def argv(self, python: str, stage_dir: Path, run_args: Sequence[str] = ()) -> list[str]:
+        """``run_args``: how this run goes (``ckpt_path=``, ``threads=``), not part of the identity."""
+        return [python, "-m", f"last_lite.{self.command}", *self.overrides, *run_args,
+                f"hydra.run.dir={stage_dir}"]
 
 
 def rebase(path: str | None, recorded_dir: str | None, stage_dir: Path) -> Path | None:
@@ -187,23 +200,25 @@ class Lock:
         self._lock.__exit__(*exc)
 
 
-def run_subprocess(argv: Sequence[str], log_path: Path, cwd: Path, on_start: Callable[[int], None]) -> int:
-    """Run ``argv`` with stdout+stderr into ``log_path``; a signal to the pipeline ends the child
-    too (no orphan keeps writing into a stage folder the next run would move aside)."""
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_subprocess(argv: Sequence[str], log_path: Path, cwd: Path, on_start: Callable[[int], None],
+                   append: bool = False) -> int:
+    """Run ``argv`` with stdout+stderr into ``log_path`` (``append``: after a resumed stage's earlier
+    log); a signal to the pipeline ends the child too (no orphan keeps writing into a stage folder
+    the next run would move aside)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
-    with open(log_path, "w", encoding="utf-8") as out:
+    with open(log_path, "a" if append else "w", encoding="utf-8") as out:
         out.write("$ " + " ".join(argv) + "\n")
         out.flush()
         proc = subprocess.Popen(list(argv), cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
         on_start(proc.pid)
         previous = signal.getsignal(signal.SIGTERM)
-
-        def _terminate(signum, frame):  # pragma: no cover - exercised by hand
-            raise KeyboardInterrupt(f"signal {signum}")
-
         try:
-            signal.signal(signal.SIGTERM, _terminate)
+            signal.signal(signal.SIGTERM, _interrupt)
         except ValueError:  # not the main thread
             previous = None
         try:
@@ -322,6 +337,8 @@ class StageRunner:
         self.cwd = Path(cwd or os.getcwd())
         self.runner = runner
         self.actions: dict[str, str] = {}
+        self._lock = threading.RLock()  # state and actions, when ensure_all runs stages side by side
+        self._interrupted = False
 
     # -- identity ---------------------------------------------------------------------------
     def stage_hash(self, stage: Stage) -> tuple[str, dict]:
@@ -414,59 +431,91 @@ class StageRunner:
         return record
 
     # -- run or reuse ---------------------------------------------------------------------------
-    def ensure(self, stage: Stage) -> dict:
-        """Reuse the stage if it is done with the same hash, else (re)run it. Returns its state
-        record; raises :class:`StageFailed` when the command fails (the state says ``failed``)."""
-        digest, ident = self.stage_hash(stage)
-        record = self.state.stages.get(stage.name) or {}
-        outputs = self.outputs_of(stage)
-        forced = stage.name in self.force
-        if (not forced and record.get("status") == "done" and record.get("hash") == digest
-                and outputs is not None):
-            self.actions[stage.name] = "reused"
-            record["last_action"] = "reused"
-            record["outputs"] = self._relative(outputs)
+    def resume_checkpoint(self, stage: Stage, record: Mapping[str, Any], digest: str) -> Path | None:
+        """The ``last.ckpt`` an interrupted training stage with this hash resumes from, else None."""
+        if stage.command not in RESUMABLE_COMMANDS or stage.name in self.force:
+            return None
+        if record.get("status") != "running" or record.get("hash") != digest:
+            return None  # a failed stage starts over: what it saved may be what failed
+        ckpt = self.state.stage_dir(stage.name) / "checkpoints" / "last.ckpt"
+        return ckpt if ckpt.is_file() else None
+
+    def ensure(self, stage: Stage, run_args: Sequence[str] = ()) -> dict:
+        """Reuse the stage if it is done with the same hash, resume it if it was interrupted, else
+        (re)run it. Returns its state record; raises :class:`StageFailed` when the command fails
+        (the state says ``failed``). ``run_args``: extra arguments of how it runs (``threads=``).
+        Safe to call from several threads (:meth:`ensure_all`)."""
+        with self._lock:
+            digest, ident = self.stage_hash(stage)
+            record = self.state.stages.get(stage.name) or {}
+            outputs = self.outputs_of(stage)
+            forced = stage.name in self.force
+            if (not forced and record.get("status") == "done" and record.get("hash") == digest
+                    and outputs is not None):
+                # a stage this invocation already ran (ensure_all) keeps "ran" when the walk reaches it
+                if self.actions.get(stage.name) not in ("ran", "forced", "resumed", "adopted"):
+                    self.actions[stage.name] = "reused"
+                record["last_action"] = self.actions[stage.name]
+                record["outputs"] = self._relative(outputs)
+                self.state.save()
+                log.info("stage %s: reused (hash %s)", stage.name, digest)
+                return record
+
+            if not forced and stage.name in self.adopt and not (record.get("status") == "done"
+                                                                and outputs is not None):
+                return self.adopt_run(stage, self.adopt[stage.name], digest, ident)
+
+            if record.get("status") == "running" and record.get("pid") and pid_alive(int(record["pid"])) \
+                    and int(record["pid"]) != os.getpid():
+                raise RuntimeError(f"stage {stage.name} is still running (pid {record['pid']})")
+            resume_from = self.resume_checkpoint(stage, record, digest)
+            changed: list[str] = []
+            aside = None
+            if resume_from is not None:
+                reason = "resumed"
+                run_args = [f"ckpt_path={resume_from.resolve()}", *run_args]
+            else:
+                if forced:
+                    reason = "forced"
+                elif record.get("status") == "done" and outputs is not None:
+                    reason = "stale"      # its config (or an input) changed
+                elif not record and not self.state.stage_dir(stage.name).exists():
+                    reason = "new"
+                else:
+                    reason = "incomplete"  # failed, interrupted before a checkpoint, never recorded
+                changed = changed_keys(record.get("identity"), ident) if reason == "stale" else []
+                aside = self.move_aside(stage.name, reason)
+            stage_dir = self.state.stage_dir(stage.name)
+            argv = stage.argv(self.python, stage_dir, run_args)
+            log_path = self.state.run_dir / LOG_DIR / f"{stage.name}.log"
+            record = {"status": "running", "hash": digest, "command": stage.command,
+                      "argv": argv[1:], "overrides": list(stage.overrides), "identity": ident,
+                      "inputs": list(stage.inputs), "stage_dir": stage.name,
+                      "log": str(log_path.relative_to(self.state.run_dir)), "started_at": now(),
+                      "reason": reason, "changed": changed,
+                      "moved_aside": str(aside.relative_to(self.state.run_dir)) if aside else None,
+                      "runs": int(record.get("runs", 0)) + 1}
+            if resume_from is not None:
+                record["resumed_from"] = str(resume_from.relative_to(self.state.run_dir))
+            self.state.stages[stage.name] = record
             self.state.save()
-            log.info("stage %s: reused (hash %s)", stage.name, digest)
-            return record
-
-        if not forced and stage.name in self.adopt and not (record.get("status") == "done"
-                                                            and outputs is not None):
-            return self.adopt_run(stage, self.adopt[stage.name], digest, ident)
-
-        if record.get("status") == "running" and record.get("pid") and pid_alive(int(record["pid"])) \
-                and int(record["pid"]) != os.getpid():
-            raise RuntimeError(f"stage {stage.name} is still running (pid {record['pid']})")
-        if forced:
-            reason = "forced"
-        elif record.get("status") == "done" and outputs is not None:
-            reason = "stale"      # its config (or an input) changed
-        elif not record and not self.state.stage_dir(stage.name).exists():
-            reason = "new"
-        else:
-            reason = "incomplete"  # interrupted, failed, or never recorded
-        changed = changed_keys(record.get("identity"), ident) if reason == "stale" else []
-        aside = self.move_aside(stage.name, reason)
-        stage_dir = self.state.stage_dir(stage.name)
-        argv = stage.argv(self.python, stage_dir)
-        log_path = self.state.run_dir / LOG_DIR / f"{stage.name}.log"
-        record = {"status": "running", "hash": digest, "command": stage.command,
-                  "argv": argv[1:], "overrides": list(stage.overrides), "identity": ident,
-                  "inputs": list(stage.inputs), "stage_dir": stage.name,
-                  "log": str(log_path.relative_to(self.state.run_dir)), "started_at": now(),
-                  "reason": reason, "changed": changed, "moved_aside": str(aside.relative_to(self.state.run_dir)) if aside else None,
-                  "runs": int((self.state.stages.get(stage.name) or {}).get("runs", 0)) + 1}
-        self.state.stages[stage.name] = record
-        self.state.save()
-        log.info("stage %s: running (%s%s; hash %s; log %s): %s", stage.name, reason,
-                 f": {', '.join(changed[:5])} changed" if changed else "", digest, log_path,
-                 " ".join(argv))
+            log.info("stage %s: running (%s%s; hash %s; log %s): %s", stage.name, reason,
+                     f": {', '.join(changed[:5])} changed" if changed else "", digest, log_path,
+                     " ".join(argv))
 
         def on_start(pid: int) -> None:
-            record["pid"] = pid
-            self.state.save()
+            with self._lock:
+                record["pid"] = pid
+                self.state.save()
 
-        returncode = self.runner(argv, log_path, self.cwd, on_start)
+        returncode = self.runner(argv, log_path, self.cwd, on_start,
+                                 **({"append": True} if resume_from is not None else {}))
+        with self._lock:
+            if self._interrupted:  # ended by terminate_running: left "running", so a rerun resumes it
+                return record
+            return self._finish(stage, record, returncode, log_path, forced)
+
+    def _finish(self, stage: Stage, record: dict, returncode: int, log_path: Path, forced: bool) -> dict:
         record["returncode"] = returncode
         record["finished_at"] = now()
         record.pop("pid", None)
@@ -482,8 +531,64 @@ class StageRunner:
             raise StageFailed(stage.name, returncode, log_path, tail)
         record["status"] = "done"
         record["outputs"] = self._relative(outputs)
-        action = "forced" if forced else "ran"
+        self.force.discard(stage.name)  # once per invocation: the walk reaching it again reuses it
+        action = "forced" if forced else "resumed" if record["reason"] == "resumed" else "ran"
         record["last_action"] = action
         self.actions[stage.name] = action
         self.state.save()
         return record
+
+    def ensure_all(self, stages: Sequence[Stage], jobs: int) -> None:
+        """Ensure ``stages`` (independent of each other), up to ``jobs`` at a time, each with
+        ``threads=<cores / jobs>`` unless its overrides set ``threads``. Waits for all of them;
+        then raises the first :class:`StageFailed` in ``stages``' order. An interrupt (Ctrl-C,
+        SIGTERM) ends the running stages' processes before it propagates."""
+        if jobs <= 1 or len(stages) <= 1:
+            for stage in stages:
+                self.ensure(stage)
+            return
+        threads = max(1, available_cores() // jobs)
+
+        def run_args(stage: Stage) -> list[str]:
+            sets_threads = any(o.lstrip("+").startswith("threads=") for o in stage.overrides)
+            return [] if sets_threads or stage.command not in RESUMABLE_COMMANDS else [f"threads={threads}"]
+
+        previous = signal.getsignal(signal.SIGTERM)
+        main_thread = threading.current_thread() is threading.main_thread()
+        if main_thread:  # as run_subprocess does for one stage: SIGTERM unwinds, children are ended
+            signal.signal(signal.SIGTERM, _interrupt)
+        pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="stage")
+        futures = [pool.submit(self.ensure, stage, run_args(stage)) for stage in stages]
+        try:
+            for future in futures:
+                future.exception()  # wait for every stage, failed or not
+        except BaseException:
+            self.terminate_running()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
+        pool.shutdown(wait=True)
+        for future in futures:
+            if future.exception() is not None:
+                raise future.exception()
+
+    def terminate_running(self) -> None:
+        """SIGTERM every stage process this runner started that is still running."""
+        with self._lock:
+            self._interrupted = True
+            pids = [int(r["pid"]) for r in self.state.stages.values()
+                    if r.get("status") == "running" and r.get("pid")]
+        for pid in pids:
+            if pid != os.getpid() and pid_alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

@@ -9,7 +9,10 @@
 
 The rules are pure functions of the stages' metrics.json records and the thresholds
 (``tree.thresholds``); :class:`Tree` strings the stages together through a
-:class:`~last_lite.pipeline.state.StageRunner`.
+:class:`~last_lite.pipeline.state.StageRunner`. With ``tree.jobs`` > 1 the stages that do not
+depend on each other run side by side: the teacher, the reference and the standalone students
+(all before the gate, so a gate that stops wastes them), then each student's standalone and
+distilled runs, then the Path C pretraining, then its distillation.
 
 Which accuracy decides:
 
@@ -275,6 +278,9 @@ class Tree:
         self.state = state
         self.runner = runner
         self.thresholds = OmegaConf.to_container(self.p.thresholds, resolve=True)
+        self.jobs = int(self.p.get("jobs") or 1)
+        if self.jobs < 1:
+            raise ValueError(f"tree.jobs must be 1 or more (stages run side by side), got {self.jobs}")
         self.outcome: dict[str, Any] = {"status": "running", "decisions": [], "stages": [],
                                         "students": {}, "reference": None, "failures": [],
                                         "warnings": []}
@@ -345,11 +351,15 @@ class Tree:
         self.outcome["decisions"].append(decision.as_dict())
         return decision
 
+    def published_reference(self) -> bool:
+        published = self.p.reference.get("published")
+        return published is not None and published.get("top1") is not None
+
     def reference(self) -> dict[str, Any]:
         r = self.p.reference
         published = r.get("published")
         label = str(r.get("name") or r.model)
-        if published is not None and published.get("top1") is not None:
+        if self.published_reference():
             pub = OmegaConf.to_container(published, resolve=True)
             dataset = pub.get("dataset")
             seen = self.state.metrics("teacher").get("dataset")
@@ -366,8 +376,20 @@ class Tree:
                 "source": "trained with the same recipe on the same data (Path A)",
                 "dataset": m.get("dataset"), "stage": "reference"}
 
+    def ensure_all(self, stages: list[Stage]) -> None:
+        """Independent stages, ``tree.jobs`` at a time (in order when 1)."""
+        for stage in stages:
+            if stage.name not in self.outcome["stages"]:
+                self.outcome["stages"].append(stage.name)
+        self.runner.ensure_all(stages, self.jobs)
+
     def run(self) -> dict[str, Any]:
         """Walk the tree; ``self.outcome`` is filled as it goes (also when a stage fails)."""
+        students = list(self.p.students)
+        if self.jobs > 1:  # Path A's stages do not depend on each other: side by side, before the gate
+            reference = [] if self.published_reference() else [self.reference_stage()]
+            self.ensure_all([self.teacher_stage(), *reference,
+                             *(self.standalone_stage(s) for s in students)])
         self.ensure(self.teacher_stage())
         gate = self.decide(teacher_gate(self.state.metrics("teacher"), self.thresholds))
         if gate.outcome == "unchecked":
@@ -378,28 +400,32 @@ class Tree:
             return self.outcome
         reference = self.reference()
         self.outcome["reference"] = reference
-        for student in self.p.students:
-            info: dict[str, Any] = {"paths": {}}
-            self.outcome["students"][student] = info
-            a = self.standalone_stage(student)
-            self.ensure(a)
-            info["paths"]["A"] = a.name
-            b = self.distill_stage(student)
-            self.ensure(b)
-            info["paths"]["B"] = b.name
-            decision = self.decide(path_c_decision(student, self.state.metrics(b.name).get("top1"),
+        infos: dict[str, dict[str, Any]] = {}
+        for student in students:
+            infos[student] = self.outcome["students"][student] = {"paths": {}}
+        a = {s: self.standalone_stage(s) for s in students}
+        b = {s: self.distill_stage(s) for s in students}
+        self.ensure_all([stage for s in students for stage in (a[s], b[s])])
+        candidates: dict[str, dict[str, Mapping[str, Any]]] = {}
+        for student in students:
+            infos[student]["paths"].update(A=a[student].name, B=b[student].name)
+            decision = self.decide(path_c_decision(student, self.state.metrics(b[student].name).get("top1"),
                                                    reference, self.thresholds))
-            info["path_c"] = decision.outcome
-            candidates = {"A": self.state.metrics(a.name), "B": self.state.metrics(b.name)}
-            if decision.outcome == "run_c":
-                pre = self.pretrain_stage(student)
-                self.ensure(pre)
-                info["paths"]["C_pretrain"] = pre.name
-                c = self.distill_stage(student, init_from=str(self.runner.output(pre.name, "encoder")))
-                self.ensure(c)
-                info["paths"]["C"] = c.name
-                candidates["C"] = self.state.metrics(c.name)
-            deploy = self.decide(deploy_decision(student, candidates, self.thresholds))
+            infos[student]["path_c"] = decision.outcome
+            candidates[student] = {"A": self.state.metrics(a[student].name),
+                                   "B": self.state.metrics(b[student].name)}
+        path_c = [s for s in students if infos[s]["path_c"] == "run_c"]
+        pretrain = {s: self.pretrain_stage(s) for s in path_c}
+        self.ensure_all(list(pretrain.values()))
+        c = {s: self.distill_stage(s, init_from=str(self.runner.output(pretrain[s].name, "encoder")))
+             for s in path_c}
+        self.ensure_all(list(c.values()))
+        for student in students:
+            info = infos[student]
+            if student in c:
+                info["paths"].update(C_pretrain=pretrain[student].name, C=c[student].name)
+                candidates[student]["C"] = self.state.metrics(c[student].name)
+            deploy = self.decide(deploy_decision(student, candidates[student], self.thresholds))
             info["deployed_path"] = deploy.outcome
             info["deployed"] = info["paths"][deploy.outcome]
             export = self.export_stage(info["deployed"])

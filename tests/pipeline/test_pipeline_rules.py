@@ -2,6 +2,10 @@
 
 import json
 import logging
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +14,7 @@ import yaml
 from last_lite.pipeline.__main__ import _hydra_context, stage_identity
 from last_lite.pipeline.plots import pareto_front
 from last_lite.pipeline.state import (AdoptionRefused, PipelineState, Stage, StageRunner, adoption_differences,
-                                      changed_keys, pretrain_outputs, rebase, training_outputs)
+                                      available_cores, changed_keys, pretrain_outputs, rebase, training_outputs)
 from last_lite.pipeline.tree import deploy_decision, deploy_margin, path_c_decision, teacher_gate
 
 T = {"teacher_min_val_top1": 0.75, "max_gap_to_reference": 0.03, "student_floor": {"last_lite_small": 0.85}}
@@ -161,6 +165,99 @@ def test_a_stage_without_its_outputs_is_not_done_and_a_failed_command_is_recorde
     state.stages["pre"]["outputs"] = {}
     assert stages.ensure(stage)["last_action"] == "reused" and len(calls) == 2
 
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _finish_run(run_dir: Path) -> None:
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    (run_dir / "metrics.json").write_text(json.dumps(
+        {"output_dir": str(run_dir), "checkpoint": str(run_dir / "checkpoints" / "last.ckpt")}))
+
+
+def test_an_interrupted_training_stage_resumes_from_last_ckpt_and_a_failed_one_starts_over(tmp_path):
+    state = PipelineState(tmp_path)
+    calls = []
+
+    def interrupted(argv, log_path, cwd, on_start, **kwargs):  # the session ends after epoch k
+        calls.append((argv, kwargs))
+        on_start(_dead_pid())
+        run_dir = Path(argv[-1].split("=", 1)[1])
+        (run_dir / "checkpoints").mkdir(parents=True)
+        (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"epoch k")
+        raise KeyboardInterrupt("signal 15")
+
+    def finishes(argv, log_path, cwd, on_start, **kwargs):
+        calls.append((argv, kwargs))
+        _finish_run(Path(argv[-1].split("=", 1)[1]))
+        return 0
+
+    stage = Stage("teacher", "train", ["model=a"], required_outputs=training_outputs)
+    with pytest.raises(KeyboardInterrupt):
+        StageRunner(state, identity=lambda s: {"x": 1}, runner=interrupted).ensure(stage)
+    assert state.stages["teacher"]["status"] == "running"
+    stages = StageRunner(state, identity=lambda s: {"x": 1}, runner=finishes)
+    record = stages.ensure(stage)
+    argv, kwargs = calls[-1]
+    assert f"ckpt_path={tmp_path / 'teacher' / 'checkpoints' / 'last.ckpt'}" in argv and kwargs == {"append": True}
+    assert argv[-1] == f"hydra.run.dir={tmp_path / 'teacher'}"
+    assert record["status"] == "done" and record["reason"] == "resumed" and record["moved_aside"] is None
+    assert record["resumed_from"] == "teacher/checkpoints/last.ckpt" and record["runs"] == 2
+    assert stages.actions["teacher"] == "resumed" and not (tmp_path / "_aside").exists()
+    # the resume's arguments are not the stage's identity: the record's hash is the first run's
+    assert StageRunner(state, identity=lambda s: {"x": 1}, runner=finishes).ensure(stage)["last_action"] == "reused"
+
+    # an interrupted run whose config changed meanwhile starts over, as does a failed one
+    for change, status in (({"x": 2}, "running"), ({"x": 1}, "failed")):
+        state.stages["teacher"].update(status=status, pid=_dead_pid())
+        (tmp_path / "teacher" / "metrics.json").unlink()
+        stages = StageRunner(state, identity=lambda s, change=change: change, runner=finishes)
+        record = stages.ensure(stage)
+        assert not any(a.startswith("ckpt_path=") for a in calls[-1][0]) and calls[-1][1] == {}
+        assert record["reason"] == "incomplete" and record["moved_aside"]
+    assert len(list((tmp_path / "_aside").iterdir())) == 2
+
+
+def test_ensure_all_runs_independent_stages_side_by_side(tmp_path):
+    state = PipelineState(tmp_path)
+    lock, running, peak, argvs, started = threading.Lock(), [0], [0], {}, []
+
+    def runner(argv, log_path, cwd, on_start, **kwargs):
+        run_dir = Path(argv[-1].split("=", 1)[1])
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            argvs[run_dir.name] = argv
+            started.append(run_dir.name)
+        time.sleep(0.3)
+        with lock:
+            running[0] -= 1
+        if run_dir.name == "bad":
+            return 3
+        _finish_run(run_dir)
+        return 0
+
+    stages = StageRunner(state, identity=lambda s: {"name": s.name}, runner=runner)
+    names = ["a", "b", "bad", "c"]
+    todo = [Stage(n, "train", ["model=m"] + (["threads=3"] if n == "c" else []), required_outputs=training_outputs)
+            for n in names]
+    with pytest.raises(Exception, match="stage 'bad' failed"):
+        stages.ensure_all(todo, jobs=2)
+    assert peak[0] == 2  # two at a time, never more
+    assert {n: state.stages[n]["status"] for n in names} == {"a": "done", "b": "done", "bad": "failed", "c": "done"}
+    threads = f"threads={max(1, available_cores() // 2)}"
+    assert threads in argvs["a"] and threads in argvs["b"]
+    assert [a for a in argvs["c"] if a.startswith("threads=")] == ["threads=3"]  # its own setting wins
+    assert sorted(started) == sorted(names)
+    state.stages["bad"]["status"] = "done"  # finished stages are reused, not rerun
+    _finish_run(tmp_path / "bad")
+    stages.ensure_all(todo, jobs=2)
+    assert sorted(started) == sorted(names) and state.stages["bad"]["last_action"] == "reused"
 
 
 DISTILL_TODAY = ["model@teacher=last_e_v3_nano", "teacher.ckpt=x.ckpt", "model@student=last_lite_nano", "kd=nano",

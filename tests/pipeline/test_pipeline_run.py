@@ -13,11 +13,14 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from conftest import TINY_DATA, run_command
+from last_lite.pipeline.state import available_cores
 
 REPO = Path(__file__).resolve().parents[2]
 STAGE = [*TINY_DATA, "trainer.max_epochs=1", "data.source.num_classes=4"]
@@ -248,6 +251,40 @@ def test_an_interrupted_stage_restarts_cleanly(finished, copy):
     assert new["evaluation"]["models"]["int8"]["top1"] == \
         json.loads((finished["dir"] / export / "report.json").read_text())["evaluation"]["models"]["int8"]["top1"]
     assert report["models"][-1]["export"]["int8"]["test_top1"] == new["evaluation"]["models"]["int8"]["top1"]
+
+
+def test_jobs_run_independent_stages_side_by_side_with_the_same_outcome(finished, tmp_path):
+    lock, running, started = threading.Lock(), [0], []
+
+    def side_by_side(argv, log_path, cwd, on_start, **kwargs):  # the finished stage's files, after a while
+        stage_dir = Path(argv[-1].split("=", 1)[1])
+        with lock:
+            running[0] += 1
+            started.append((stage_dir.name, running[0], argv))
+        time.sleep(0.5)
+        shutil.copytree(finished["dir"] / stage_dir.name, stage_dir)
+        with lock:
+            running[0] -= 1
+        return 0
+
+    run_dir = tmp_path / "run"
+    report = pipeline(run_dir, published(0.0), "tree.jobs=2", runner=side_by_side)
+    first = finished["first"]
+    assert report["status"] == "complete"
+    assert [(d["id"], d["outcome"]) for d in report["decisions"]] == \
+        [(d["id"], d["outcome"]) for d in first["decisions"]]
+    assert report["invocation"]["actions"] == first["invocation"]["actions"]  # each stage ran once
+    order = [name for name, _, _ in started]
+    assert sorted(order[:2]) == sorted(["teacher", A]) and order[2:] == [B, f"export_{B}"]
+    assert max(n for _, n, _ in started) == 2  # Path A's two stages at once
+    threads = f"threads={max(1, available_cores() // 2)}"
+    assert all(threads in argv for name, _, argv in started if name in ("teacher", A))
+    # forced once per invocation, though the walk reaches the teacher twice
+    started.clear()
+    shutil.rmtree(run_dir / "_aside", ignore_errors=True)
+    report = pipeline(run_dir, published(0.0), "tree.jobs=2", "tree.force=[teacher]", runner=side_by_side)
+    assert [name for name, _, _ in started] == ["teacher"]
+    assert report["invocation"]["actions"]["teacher"] == "forced"
 
 
 def test_failures_are_recorded_and_an_optional_export_is_not_fatal(copy):
