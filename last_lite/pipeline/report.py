@@ -152,8 +152,11 @@ def build_report(cfg: DictConfig, state: PipelineState, runner: StageRunner,
     stage_table = []
     for s in stages:
         rec = state.stages.get(s) or {}
-        wall = state.metrics(s).get("wall_time_s") if s in done else None
-        stage_table.append({"stage": s, "wall_time_s": wall, "command": rec.get("command"), "status": rec.get("status"),
+        m = state.metrics(s) if s in done else {}
+        # a training stage resumed across sittings: all of them (wall_time_s is the last one's)
+        wall = m.get("wall_time_total_s", m.get("wall_time_s"))
+        stage_table.append({"stage": s, "wall_time_s": wall, "sittings": len(m.get("sittings_s") or [1]) if m else None,
+                            "command": rec.get("command"), "status": rec.get("status"),
                             "action": (invocation.get("actions") or {}).get(s, rec.get("last_action")),
                             "hash": rec.get("hash"), "folder": s, "log": rec.get("log"),
                             "runs": rec.get("runs"), "finished_at": rec.get("finished_at")})
@@ -329,12 +332,15 @@ def markdown(report: Mapping[str, Any]) -> str:
               "has a latency measured here (dashed lines in the latency chart).", ""]
     if report["plots"]:
         L += ["## Plots", ""] + [f"![{k}]({v})" for k, v in report["plots"].items()] + [""]
-    L += ["## Stages", "", "Wall time: each stage's own `wall_time_s` (its metrics.json), wherever and "
+    L += ["## Stages", "", "Wall time: each stage's own (its metrics.json: `wall_time_total_s`, the sum "
+          "over the sittings of a stage resumed from its last.ckpt, else `wall_time_s`), wherever and "
           "whenever it ran (an adopted stage ran outside the pipeline).", "",
-          "| stage | command | status | this run | wall time | hash | log |", "|---|---|---|---|---|---|---|"]
+          "| stage | command | status | this run | wall time | sittings | hash | log |",
+          "|---|---|---|---|---|---:|---|---|"]
     for s in report["stages"]:
         wall = "-" if s.get("wall_time_s") is None else f"{s['wall_time_s']:,.0f} s"
         L.append(f"| {s['stage']} | {s['command']} | {s['status']} | {s['action']} | {wall} | "
+                 f"{s.get('sittings') or '-'} | "
                  f"`{s['hash']}` | {s['log'] or '-'} |")
     total = report.get("total_stage_time_s") or 0.0
     L += ["", f"Summed stage time: {total:,.0f} s ({total / 3600:.2f} h).", ""]

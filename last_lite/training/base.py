@@ -11,6 +11,7 @@ which has no labels, in its own validation losses).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import lightning as L
@@ -54,6 +55,8 @@ class PhaseModule(L.LightningModule):
         self._nonfinite_streak = 0
         self.compile_features = bool(compile_features)
         self._compiled_features = None
+        self.earlier_sittings_s: list[float] = []  # a resumed run's earlier sittings (checkpoint)
+        self._sitting_started = time.monotonic()
 
     # -- the phase-specific part ------------------------------------------------------------
     def model_step(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -93,14 +96,21 @@ class PhaseModule(L.LightningModule):
     # Exact resume: the epoch after a checkpoint must draw the same shuffles, augmentations and
     # dropout masks as an uninterrupted run, so the RNG state travels with the checkpoint, and
     # ``precision: auto`` resumes in the precision recorded here (training/precision.py).
+    # The training time of each sitting also travels with it, so a run split across sessions
+    # reports its whole cost (metrics.json ``sittings_s``).
+    def on_fit_start(self) -> None:
+        self._sitting_started = time.monotonic()
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
         checkpoint["trainer_precision"] = str(self.trainer.precision)
+        checkpoint["sittings_s"] = [*self.earlier_sittings_s, time.monotonic() - self._sitting_started]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("rng_state")
         if state is not None:
             torch.set_rng_state(state["torch"])
+        self.earlier_sittings_s = [float(s) for s in checkpoint.get("sittings_s", [])]
 
     def trainable_modules(self) -> nn.Module:
         """What the optimiser trains (phases with extra heads override this)."""

@@ -171,6 +171,7 @@ def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str, model_
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     if trainer.interrupted:
         raise SystemExit("training was interrupted; resume with ckpt_path=<output>/checkpoints/last.ckpt")
+    earlier_sittings_s = list(module.earlier_sittings_s)  # before the test's checkpoint load resets it
     val_indices = getattr(datamodule, "val_indices", None)
     val_size = 0 if val_indices is None else len(val_indices)
     rule = selection_rule(cfg.get("selection", "auto"), val_size)
@@ -204,11 +205,15 @@ def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str, model_
                                   title=f"{cfg[model_key].name}: test top-1 {top1:.2%}")
         record_extra["confusion_matrix"] = details["confusion_matrix"]
 
+    # earlier sittings: their fit time up to the checkpoint this one resumed from; this one: all of it
+    wall_time_s = time.time() - started
+    sittings = [*earlier_sittings_s, wall_time_s]
+    record_extra.update(sittings_s=[round(s, 2) for s in sittings], wall_time_total_s=round(sum(sittings), 2))
     record = metrics_record(
         command=command, model=cfg[model_key].name, dataset=dataset_name(),
         top1=top1, top5=top5, per_class_accuracy=per_class, class_names=datamodule.class_names,
         params=count_parameters(module.model), epochs=trainer.current_epoch, seed=cfg.seed,
-        wall_time_s=time.time() - started, data_index_sha256=getattr(datamodule, "index_checksum", None),
+        wall_time_s=wall_time_s, data_index_sha256=getattr(datamodule, "index_checksum", None),
         **record_extra)
     if trainer.is_global_zero:
         write_metrics(output_dir / "metrics.json", record)

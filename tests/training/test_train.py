@@ -53,6 +53,14 @@ def test_resume_from_a_mid_run_checkpoint_reproduces_the_uninterrupted_run(tmp_p
     assert final_full.keys() == final_resumed.keys()
     for key, value in final_full.items():
         assert torch.equal(value, final_resumed[key]), key
+    # the whole cost of a split run: the first sitting's fit time (to its checkpoint), then the second's
+    first_sitting = load_checkpoint(mid)["sittings_s"]
+    assert len(first_sitting) == 1 and first_sitting[0] > 0
+    full_record, resumed_record = read_metrics(full), read_metrics(resumed)
+    assert len(full_record["sittings_s"]) == 1
+    earlier, this = resumed_record["sittings_s"]
+    assert earlier == round(first_sitting[0], 2) and this == resumed_record["wall_time_s"]
+    assert resumed_record["wall_time_total_s"] == pytest.approx(first_sitting[0] + resumed_record["wall_time_s"], abs=0.01)
 
 
 def test_weight_decay_skips_biases_norms_gate_alphas_edges_and_the_pooling_gate():
