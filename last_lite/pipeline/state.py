@@ -40,6 +40,7 @@ folder.
 from __future__ import annotations
 
 import contextlib
+import csv
 import datetime as _dt
 import hashlib
 import json
@@ -50,6 +51,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +69,7 @@ CWD_TOKEN = "${cwd}"
 ASIDE_DIR = "_aside"
 LOG_DIR = "logs"
 RESUMABLE_COMMANDS = ("train", "distill", "pretrain")  # they take ckpt_path= and write last.ckpt
+PROGRESS_EVERY_S = 600.0  # a running training stage's epoch is logged this often
 
 
 class StageFailed(RuntimeError):
@@ -339,6 +342,7 @@ class StageRunner:
         self.actions: dict[str, str] = {}
         self._lock = threading.RLock()  # state and actions, when ensure_all runs stages side by side
         self._interrupted = False
+        self.progress_every_s = PROGRESS_EVERY_S
 
     # -- identity ---------------------------------------------------------------------------
     def stage_hash(self, stage: Stage) -> tuple[str, dict]:
@@ -508,12 +512,28 @@ class StageRunner:
                 record["pid"] = pid
                 self.state.save()
 
-        returncode = self.runner(argv, log_path, self.cwd, on_start,
-                                 **({"append": True} if resume_from is not None else {}))
+        stop_watching = threading.Event()
+        if stage.command in RESUMABLE_COMMANDS:
+            max_epochs = ((ident.get("config") or {}).get("trainer") or {}).get("max_epochs")
+            threading.Thread(target=self._log_progress, args=(stage.name, max_epochs, stop_watching),
+                             daemon=True).start()
+        try:
+            returncode = self.runner(argv, log_path, self.cwd, on_start,
+                                     **({"append": True} if resume_from is not None else {}))
+        finally:
+            stop_watching.set()
         with self._lock:
             if self._interrupted:  # ended by terminate_running: left "running", so a rerun resumes it
                 return record
             return self._finish(stage, record, returncode, log_path, forced)
+
+    def _log_progress(self, name: str, max_epochs: int | None, stop: threading.Event) -> None:
+        """Every ``progress_every_s``: the running stage's epoch (its full log: logs/<stage>.log)."""
+        started = time.monotonic()
+        while not stop.wait(self.progress_every_s):
+            epoch = last_logged_epoch(self.state.stage_dir(name))
+            where = "no epoch logged yet" if epoch is None else f"epoch {epoch + 1}/{max_epochs or '?'}"
+            log.info("stage %s: %s, %.0f min in", name, where, (time.monotonic() - started) / 60)
 
     def _finish(self, stage: Stage, record: dict, returncode: int, log_path: Path, forced: bool) -> dict:
         record["returncode"] = returncode
@@ -584,6 +604,16 @@ class StageRunner:
             if pid != os.getpid() and pid_alive(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
+
+
+def last_logged_epoch(stage_dir: Path) -> int | None:
+    """The epoch (0-based) of the last row a training run's CSV logger flushed, if any."""
+    try:
+        with open(stage_dir / "csv" / "metrics.csv", newline="", encoding="utf-8") as fh:
+            epochs = [row["epoch"] for row in csv.DictReader(fh) if row.get("epoch")]
+    except (OSError, KeyError, csv.Error):
+        return None
+    return int(float(epochs[-1])) if epochs else None
 
 
 def available_cores() -> int:

@@ -260,6 +260,22 @@ def test_ensure_all_runs_independent_stages_side_by_side(tmp_path):
     assert sorted(started) == sorted(names) and state.stages["bad"]["last_action"] == "reused"
 
 
+def test_a_running_training_stage_logs_its_epoch(tmp_path, caplog):
+    def runner(argv, log_path, cwd, on_start):
+        run_dir = Path(argv[-1].split("=", 1)[1])
+        (run_dir / "csv").mkdir(parents=True)
+        (run_dir / "csv" / "metrics.csv").write_text("epoch,step,train/loss\n,0,\n0,9,1.5\n2,29,0.9\n")
+        time.sleep(0.5)
+        _finish_run(run_dir)
+        return 0
+
+    stages = StageRunner(PipelineState(tmp_path), identity=lambda s: {"trainer": {"max_epochs": 65}}, runner=runner)
+    stages.progress_every_s = 0.1
+    with caplog.at_level(logging.INFO, logger="last_lite.pipeline"):
+        stages.ensure(Stage("teacher", "train", ["model=a"], required_outputs=training_outputs))
+    assert "stage teacher: epoch 3/65" in caplog.text
+
+
 DISTILL_TODAY = ["model@teacher=last_e_v3_nano", "teacher.ckpt=x.ckpt", "model@student=last_lite_nano", "kd=nano",
                  "kd.alpha=0.3", "data=synthetic"]
 DISTILL_FORMER = ["teacher=last_e_v3_nano", "teacher.ckpt=x.ckpt", "student=last_lite_nano", "distill=nano",
