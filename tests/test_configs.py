@@ -124,6 +124,8 @@ def test_experiment_presets_compose_and_build_their_data(experiment, tmp_path):
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     instantiate(cfg.data, _convert_="all")
     assert callable(get_method(cfg.sched._target_)) and cfg.trainer.max_epochs > 0
+    # the pipeline takes the same presets for its stages (make pipeline EXPERIMENT=<name>)
+    compose_cfg("pipeline", ["data=nw_ucla", f"experiment={experiment}"], tmp_path)
 
 
 def test_callbacks_are_exactly_the_configured_ones(tmp_path):
