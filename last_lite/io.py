@@ -53,6 +53,26 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def process_start_id(pid: int) -> str | None:
+    """``<boot id>:<start time>`` of process ``pid`` (Linux /proc), else None: with the pid it names
+    one process, where a pid alone may be a later process's after a reboot or a wrap-around."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # after the command name, which may hold spaces
+    return f"{boot}:{fields[19]}"  # field 22 of proc(5): start time in clock ticks since boot
+
+
+def same_process_alive(pid: int, start_id: str | None) -> bool:
+    """Whether the process recorded as ``pid`` (and ``start_id`` when known) still runs."""
+    if not pid_alive(pid):
+        return False
+    now = process_start_id(pid) if start_id else None
+    return now is None or now == start_id
+
+
 def dead_writer(host: str, pid: str | int) -> bool:
     """True only when the writer ran on this host and no process ``pid`` exists any more."""
     return host == host_id() and int(pid) != os.getpid() and not pid_alive(int(pid))

@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from last_lite.config_checks import current_spelling, former_keys, is_execution_key
-from last_lite.io import atomic_write_json, pid_alive
+from last_lite.io import atomic_write_json, process_start_id, same_process_alive
 
 log = logging.getLogger("last_lite.pipeline")
 
@@ -469,8 +469,8 @@ class StageRunner:
                                                                 and outputs is not None):
                 return self.adopt_run(stage, self.adopt[stage.name], digest, ident)
 
-            if record.get("status") == "running" and record.get("pid") and pid_alive(int(record["pid"])) \
-                    and int(record["pid"]) != os.getpid():
+            if record.get("status") == "running" and record.get("pid") and int(record["pid"]) != os.getpid() \
+                    and same_process_alive(int(record["pid"]), record.get("pid_start_id")):
                 raise RuntimeError(f"stage {stage.name} is still running (pid {record['pid']})")
             resume_from = self.resume_checkpoint(stage, record, digest)
             changed: list[str] = []
@@ -510,6 +510,7 @@ class StageRunner:
         def on_start(pid: int) -> None:
             with self._lock:
                 record["pid"] = pid
+                record["pid_start_id"] = process_start_id(pid)  # a later process with this pid is not it
                 self.state.save()
 
         stop_watching = threading.Event()
@@ -539,6 +540,7 @@ class StageRunner:
         record["returncode"] = returncode
         record["finished_at"] = now()
         record.pop("pid", None)
+        record.pop("pid_start_id", None)
         outputs = self.outputs_of(stage) if returncode == 0 else None
         if outputs is None:
             record["status"] = "failed"
@@ -598,10 +600,10 @@ class StageRunner:
         """SIGTERM every stage process this runner started that is still running."""
         with self._lock:
             self._interrupted = True
-            pids = [int(r["pid"]) for r in self.state.stages.values()
-                    if r.get("status") == "running" and r.get("pid")]
-        for pid in pids:
-            if pid != os.getpid() and pid_alive(pid):
+            running = [(int(r["pid"]), r.get("pid_start_id")) for r in self.state.stages.values()
+                       if r.get("status") == "running" and r.get("pid")]
+        for pid, start_id in running:
+            if pid != os.getpid() and same_process_alive(pid, start_id):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
 

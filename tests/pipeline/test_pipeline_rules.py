@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from last_lite.io import process_start_id
 from last_lite.pipeline.__main__ import _hydra_context, stage_identity
 from last_lite.pipeline.plots import pareto_front
 from last_lite.pipeline.state import (AdoptionRefused, PipelineState, Stage, StageRunner, adoption_differences,
@@ -221,6 +222,32 @@ def test_an_interrupted_training_stage_resumes_from_last_ckpt_and_a_failed_one_s
         assert not any(a.startswith("ckpt_path=") for a in calls[-1][0]) and calls[-1][1] == {}
         assert record["reason"] == "incomplete" and record["moved_aside"]
     assert len(list((tmp_path / "_aside").iterdir())) == 2
+
+
+def test_a_recorded_pid_now_held_by_another_process_does_not_block_the_stage(tmp_path):
+    """After a reboot a stage's recorded pid may name an unrelated process: the start id tells."""
+    state = PipelineState(tmp_path)
+    stage = Stage("teacher", "train", ["model=a"], required_outputs=training_outputs)
+
+    def finishes(argv, log_path, cwd, on_start, **kwargs):
+        _finish_run(Path(argv[-1].split("=", 1)[1]))
+        return 0
+
+    stages = StageRunner(state, identity=lambda s: {"x": 1}, runner=finishes)
+    digest = stages.stage_hash(stage)[0]
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        if process_start_id(other.pid) is None:
+            pytest.skip("no /proc on this system: a pid's start time cannot be read")
+        state.stages["teacher"] = {"status": "running", "hash": digest, "pid": other.pid,
+                                   "pid_start_id": process_start_id(other.pid)}
+        with pytest.raises(RuntimeError, match="still running"):  # it is the stage's own process
+            stages.ensure(stage)
+        state.stages["teacher"]["pid_start_id"] = "another-boot:123"
+        assert stages.ensure(stage)["status"] == "done"  # the same pid, another process
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_ensure_all_runs_independent_stages_side_by_side(tmp_path):
