@@ -228,7 +228,8 @@ ALLOWED = {
     ("last_lite/prepare.py", "np.savez("): "into a BytesIO, then atomic_write",
     ("last_lite/export/onnx.py", "torch.onnx.export("): "to `raw`, a temp beside the atomic target",
     ("last_lite/export/quantize.py", "onnx.save(source, str(prep))"): "a work file removed in finally",
-    ("last_lite/pipeline/state.py", 'open(log_path, "w"'): "a stage's log, streamed while it runs",
+    ("last_lite/pipeline/state.py", 'open(log_path, "a" if append else "w"'):
+        "a stage's log, streamed while it runs (appended to when the stage resumes)",
     ("last_lite/export/backends/ort.py", "shutil.copyfile(p, stage / p.name)"):
         "the converter's input, inside a TemporaryDirectory",
 }
