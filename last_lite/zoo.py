@@ -7,6 +7,10 @@
 An entry may also ship exported ONNX files (``onnx_fp32``, ``onnx_int8``: file, hash, the export's
 test accuracy); ``zoo_onnx(name)`` returns such a file's verified path without importing torch, so
 the edge runtime takes ``--model zoo:<name>``.
+
+``python -m last_lite.zoo add <name> <checkpoint> <metrics.json> [--export <export folder>]`` adds
+one run; ``python -m last_lite.zoo from-pipeline <pipeline run folder>`` ships what a finished
+decision tree deployed (each student's deployed path and the teacher, with their ONNX files).
 """
 
 from __future__ import annotations
@@ -97,8 +101,10 @@ def load_zoo_model(name: str, zoo_dir: Path = ZOO_DIR) -> tuple[nn.Module, dict]
     return model.eval(), entry
 
 
-def add_to_zoo(name: str, checkpoint: str | Path, metrics_file: str | Path, zoo_dir: Path = ZOO_DIR) -> dict:
-    """Store a run's model weights (no optimizer state) in the zoo and index them."""
+def add_to_zoo(name: str, checkpoint: str | Path, metrics_file: str | Path, zoo_dir: Path = ZOO_DIR,
+               source: Mapping[str, Any] | None = None) -> dict:
+    """Store a run's model weights (no optimizer state) in the zoo and index them (``source``: where
+    the run came from, kept in the entry)."""
     from safetensors.torch import save_file
 
     from last_lite.io import atomic_write, atomic_write_json
@@ -107,6 +113,7 @@ def add_to_zoo(name: str, checkpoint: str | Path, metrics_file: str | Path, zoo_
     ckpt = load_checkpoint(checkpoint)
     weights = {k[len("model."):]: v.contiguous() for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     path = zoo_dir / f"{name}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: save_file(weights, str(tmp)))
     metrics = json.loads(Path(metrics_file).read_text())
     index = zoo_index(zoo_dir) if (zoo_dir / "index.json").is_file() else {}
@@ -115,6 +122,8 @@ def add_to_zoo(name: str, checkpoint: str | Path, metrics_file: str | Path, zoo_
                    "data_spec": ckpt["hyper_parameters"].get("data_spec"),
                    "metrics": {k: metrics.get(k) for k in ("command", "dataset", "top1", "top5", "best_val_top1",
                                                           "epochs", "seed", "params", "git_commit")}}
+    if source:
+        index[name]["source"] = dict(source)
     atomic_write_json(zoo_dir / "index.json", index)
     return index[name]
 
@@ -151,3 +160,103 @@ def add_onnx_to_zoo(name: str, kind: str, onnx_path: str | Path, export_record: 
                          "bytes": path.stat().st_size, "test_top1": accuracy.get("top1")}
     atomic_write_json(zoo_dir / "index.json", index)
     return index[name][kind]
+
+
+def add_export_to_zoo(name: str, export_dir: str | Path, zoo_dir: Path = ZOO_DIR) -> dict[str, dict]:
+    """Both ONNX files of an export folder (``python -m last_lite.export``: its metrics.json names
+    them) into entry ``name``."""
+    export_dir = Path(export_dir)
+    record = json.loads((export_dir / "metrics.json").read_text())
+    added = {}
+    for key, kind in (("fp32", "onnx_fp32"), ("int8", "onnx_int8")):
+        facts = (record.get("files") or {}).get(key)
+        if facts:  # the recorded path, or the same file in this folder if the folder moved
+            path = Path(facts["path"])
+            added[kind] = add_onnx_to_zoo(name, kind, path if path.is_file() else export_dir / path.name,
+                                          record, zoo_dir)
+    if not added:
+        raise ValueError(f"{export_dir / 'metrics.json'} names no exported ONNX file")
+    return added
+
+
+def pipeline_models(run_dir: str | Path) -> list[dict[str, Any]]:
+    """What a finished pipeline run (``python -m last_lite.pipeline``) shipped: each deployed
+    student and the teacher, as ``{model, role, path, stage, checkpoint, metrics, export}``."""
+    run_dir = Path(run_dir)
+    report_file, state_file = run_dir / "report.json", run_dir / "pipeline_state.json"
+    if not report_file.is_file() or not state_file.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a pipeline run folder (no report.json / pipeline_state.json)")
+    report = json.loads(report_file.read_text())
+    if report.get("status") != "complete":
+        raise ValueError(f"the pipeline in {run_dir} is {report.get('status')!r}, not complete: "
+                         f"rerun it to the end before shipping what it deployed")
+    stages = json.loads(state_file.read_text())["stages"]
+
+    def output(stage: str, key: str) -> Path:
+        value = Path(stages[stage]["outputs"][key])
+        return value if value.is_absolute() else run_dir / value
+
+    deployed_path = {d["deployed_stage"]: d["deployed_path"] for d in report.get("deployment") or []}
+    models = []
+    for entry in report["models"]:
+        if not (entry.get("deployed") or entry.get("role") == "teacher"):
+            continue
+        stage = entry["stage"]
+        export = f"export_{stage}"
+        models.append({"model": entry["model"], "role": entry["role"], "stage": stage,
+                       "path": deployed_path.get(stage), "checkpoint": output(stage, "checkpoint"),
+                       "metrics": output(stage, "metrics"),
+                       "export": output(export, "metrics").parent if export in stages
+                       and stages[export].get("status") == "done" else None})
+    return models
+
+
+def add_pipeline_to_zoo(run_dir: str | Path, prefix: str | None = None, zoo_dir: Path = ZOO_DIR) -> list[dict]:
+    """Ship :func:`pipeline_models` as ``<prefix>/<model>`` (prefix: the run's dataset)."""
+    run_dir = Path(run_dir).resolve()
+    prefix = prefix or json.loads((run_dir / "report.json").read_text()).get("dataset")
+    if not prefix:
+        raise ValueError("the pipeline report names no dataset: pass a prefix (--prefix)")
+    shipped = []
+    for m in pipeline_models(run_dir):
+        name = f"{prefix}/{m['model']}"
+        source = {"pipeline": str(run_dir), "stage": m["stage"], "role": m["role"], "path": m["path"]}
+        add_to_zoo(name, m["checkpoint"], m["metrics"], zoo_dir, source=source)
+        onnx = add_export_to_zoo(name, m["export"], zoo_dir) if m["export"] else {}
+        shipped.append({"name": name, **source, **{k: v["test_top1"] for k, v in onnx.items()}})
+    return shipped
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m last_lite.zoo", description=__doc__.split("\n")[0])
+    parser.add_argument("--zoo", type=Path, default=ZOO_DIR, help="the zoo folder (default: the repository's zoo/)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add = commands.add_parser("add", help="add one run's weights (and its export's ONNX files)")
+    add.add_argument("name", help="<dataset>/<model>, e.g. my_clips/last_lite_small")
+    add.add_argument("checkpoint", type=Path, help="a .ckpt written by train / distill")
+    add.add_argument("metrics", type=Path, help="the run's metrics.json")
+    add.add_argument("--export", type=Path, help="an export folder (python -m last_lite.export out_dir=...)")
+    ship = commands.add_parser("from-pipeline", help="ship what a finished pipeline deployed, and its teacher")
+    ship.add_argument("run_dir", type=Path, help="the pipeline's run folder (hydra.run.dir)")
+    ship.add_argument("--prefix", help="entry names <prefix>/<model> (default: the run's dataset)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "add":
+            add_to_zoo(args.name, args.checkpoint, args.metrics, args.zoo)
+            onnx = add_export_to_zoo(args.name, args.export, args.zoo) if args.export else {}
+            rows = [{"name": args.name, **{k: v["test_top1"] for k, v in onnx.items()}}]
+        else:
+            rows = add_pipeline_to_zoo(args.run_dir, args.prefix, args.zoo)
+    except (OSError, ValueError, KeyError) as exc:
+        raise SystemExit(f"zoo: {exc}") from None
+    for row in rows:
+        extra = ", ".join(f"{k} {v:.2%}" for k, v in row.items() if k.startswith("onnx") and v is not None)
+        where = f" ({row['role']}, {row['stage']})" if "stage" in row else ""
+        print(f"{row['name']}{where}" + (f": {extra}" if extra else ""))
+    print(f"index: {args.zoo / 'index.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -39,7 +39,7 @@ def test_the_own_data_page_runs_as_written(tmp_path):
     commands = [line for block in blocks("bash") for line in block.splitlines()
                 if line.startswith("python -m last_lite.")]
     assert [c.split()[2] for c in commands] == ["last_lite.train", "last_lite.evaluate",
-                                                "last_lite.export", "last_lite.runtime"]
+                                                "last_lite.export", "last_lite.runtime", "last_lite.zoo"]
     outputs = {}
     for command in commands:
         args = shlex.split(command.replace("/path/to/my_clips", str(folder)))
@@ -55,7 +55,7 @@ def test_the_own_data_page_runs_as_written(tmp_path):
     assert re.search(r"whole recording \(20 frames\): (wave|clap|point) ", outputs["last_lite.runtime"])
     exported = json.loads((work / "runs/my_model/export/onnx_int8/metrics.json").read_text())
     assert set(exported["per_class_accuracy"]) == set(CLASSES)
-    # the zoo snippet, then evaluate on the zoo file with no other argument
+    # the zoo command (run above) and snippet, then evaluate on the zoo file with no other argument
     (python,) = blocks("python")
     printed = run([sys.executable, "-c", python], work)
     assert "wave" in printed

@@ -288,6 +288,43 @@ def test_jobs_run_independent_stages_side_by_side_with_the_same_outcome(finished
     assert report["invocation"]["actions"]["teacher"] == "forced"
 
 
+def test_the_zoo_ships_what_the_tree_deployed_and_its_teacher(copy, tmp_path):
+    import torch
+
+    from last_lite.training.checkpoints import load_checkpoint
+    from last_lite.zoo import load_zoo_model, zoo_onnx
+
+    report = json.loads((copy / "report.json").read_text())
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "last_lite.zoo", "--zoo", str(zoo), "from-pipeline", str(copy),
+                           "--prefix", "tiny"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    (deployed,) = report["deployment"]
+    stage = deployed["deployed_stage"]
+    names = {f"tiny/{NANO}": stage, "tiny/last_e_v3_nano": "teacher"}
+    assert set(json.loads((zoo / "index.json").read_text())) == set(names)
+    for name, source_stage in names.items():
+        model, entry = load_zoo_model(name, zoo)
+        assert entry["source"]["stage"] == source_stage and entry["metrics"]["top1"] == metrics(copy, source_stage)["top1"]
+        weights = load_checkpoint(copy / state(copy)["stages"][source_stage]["outputs"]["checkpoint"])["state_dict"]
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, weights[f"model.{key}"]), key
+    assert json.loads((zoo / "index.json").read_text())[f"tiny/{NANO}"]["source"]["path"] == deployed["deployed_path"]
+    int8 = json.loads((copy / f"export_{stage}" / "metrics.json").read_text())["evaluation"]["models"]["int8"]
+    assert zoo_onnx(f"tiny/{NANO}", zoo_dir=zoo).stat().st_size > 0
+    assert json.loads((zoo / "index.json").read_text())[f"tiny/{NANO}"]["onnx_int8"]["test_top1"] == int8["top1"]
+    assert f"tiny/{NANO} (student, {stage}): onnx_fp32" in proc.stdout
+    with pytest.raises(KeyError, match="ships no onnx_int8"):  # no teacher export in this run (baselines=[])
+        zoo_onnx("tiny/last_e_v3_nano", zoo_dir=zoo)
+
+    report["status"] = "failed"  # a tree that has not finished ships nothing
+    (copy / "report.json").write_text(json.dumps(report))
+    proc = subprocess.run([sys.executable, "-m", "last_lite.zoo", "--zoo", str(tmp_path / "other"), "from-pipeline",
+                           str(copy)], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 1 and "not complete: rerun it to the end" in proc.stderr
+
+
 def test_failures_are_recorded_and_an_optional_export_is_not_fatal(copy):
     def fail(argv, log_path, cwd, on_start):
         log_path.write_text("boom\n")
