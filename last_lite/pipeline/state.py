@@ -569,7 +569,10 @@ class StageRunner:
             for stage in stages:
                 self.ensure(stage)
             return
-        threads = max(1, available_cores() // jobs)
+        cores = available_cores()
+        if jobs > cores:
+            log.warning("tree.jobs=%d on %d cores: the stages will share cores (one thread each)", jobs, cores)
+        threads = max(1, cores // jobs)
 
         def run_args(stage: Stage) -> list[str]:
             sets_threads = any(o.lstrip("+").startswith("threads=") for o in stage.overrides)
