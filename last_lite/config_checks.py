@@ -401,10 +401,13 @@ RENAMED_GROUPS: dict[str, dict[str, str]] = {
 #: run and summarize's cells of seeds leave them out of their comparisons.
 EXECUTION_KEYS = ("hydra", "paths", "threads", "ckpt_path")
 EXECUTION_SUFFIXES = ("cache_dir",)
+#: torch.compile computes the same function as eager mode, faster where it pays
+EXECUTION_OPTIONS = ("teacher.compile", "module.compile_features")
 
 
 def is_execution_key(key: str) -> bool:
-    return key.lstrip("+~").split(".")[0] in EXECUTION_KEYS or key.endswith(EXECUTION_SUFFIXES)
+    key = key.lstrip("+~").partition("=")[0]
+    return key.split(".")[0] in EXECUTION_KEYS or key.endswith(EXECUTION_SUFFIXES) or key in EXECUTION_OPTIONS
 
 
 #: command -> {former group: the group@package it became}: only the choice (``student=x``) is

@@ -23,11 +23,12 @@ from last_lite.training.runner import data_spec_for, model_spec_for, run_phase
 def run(cfg: DictConfig) -> dict:
     def build(student_spec: dict, datamodule) -> DistillModule:
         teacher_cfg = OmegaConf.masked_copy(cfg.teacher, [k for k in cfg.teacher
-                                                          if k not in ("ckpt", "precision")])
+                                                          if k not in ("ckpt", "precision", "compile")])
         return DistillModule(student_spec, teacher_spec=model_spec_for(teacher_cfg, datamodule),
                              teacher_ckpt=cfg.teacher.ckpt, teacher_precision=resolve_teacher_precision(
                                  cfg.teacher.precision, cfg.trainer.get("accelerator", "auto"),
                                  checkpoint_precisions(cfg.get("ckpt_path"))),
+                             teacher_compile=bool(cfg.teacher.get("compile", False)),
                              optim=OmegaConf.to_container(cfg.optim, resolve=True), sched=OmegaConf.to_container(cfg.sched, resolve=True),
                              data_spec=data_spec_for(datamodule), **cfg.kd, **cfg.module)
 

@@ -80,7 +80,7 @@ class DistillModule(ClassifierPhase):
     def __init__(self, model_spec: dict, teacher_spec: dict, teacher_ckpt: str, alpha: float = 0.5,
                  beta: float | None = None, tau: float = 4.0, gamma: float = 0.1,
                  label_smoothing: float = 0.1, aux_weight: float = 0.01, teacher_precision: str = "32",
-                 **kwargs):
+                 teacher_compile: bool = False, **kwargs):
         super().__init__(model_spec, **kwargs)
         self.save_hyperparameters()
         if str(teacher_precision) not in TEACHER_PRECISIONS:
@@ -88,6 +88,8 @@ class DistillModule(ClassifierPhase):
                              f"{', '.join(TEACHER_PRECISIONS)}")
         self.teacher_precision = str(teacher_precision)
         self.teacher = load_frozen_teacher(teacher_spec, teacher_ckpt)
+        self.teacher_compile = bool(teacher_compile)
+        self._compiled_teacher = None
         self.alpha, self.tau, self.gamma = alpha, tau, gamma
         self.beta = 1.0 - alpha if beta is None else beta
         self.label_smoothing, self.aux_weight = label_smoothing, aux_weight
@@ -107,11 +109,20 @@ class DistillModule(ClassifierPhase):
     def trainable_modules(self) -> nn.Module:
         return nn.ModuleDict({"model": self.model, "projections": self.projections})
 
+    def teacher_features(self, x: torch.Tensor) -> dict:
+        """The teacher's ``forward_features``; in training steps through ``torch.compile`` when
+        ``teacher_compile`` (training batches have one shape; evaluation's vary, so it stays eager)."""
+        if not (self.teacher_compile and self.training):
+            return self.teacher.forward_features(x)
+        if self._compiled_teacher is None:
+            self._compiled_teacher = torch.compile(self.teacher.forward_features)
+        return self._compiled_teacher(x)
+
     def run_teacher(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The frozen teacher's stage features and logits, in float32 whatever it ran in."""
         with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16,
                                              enabled=self.teacher_precision == "bf16"):
-            features = self.teacher.forward_features(x)
+            features = self.teacher_features(x)
             logits = self.teacher.forward_head(features["pooled"])
         return [s.float() for s in features["stages"]], logits.float()
 

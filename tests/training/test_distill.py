@@ -68,6 +68,25 @@ def test_total_loss_combines_the_terms_as_specified(tiny_teacher_run):
     torch.testing.assert_close(terms["feature_mse"], mse.detach())
 
 
+def test_a_compiled_teacher_gives_the_same_targets_in_training_steps_only(tiny_teacher_run):
+    student, teacher = _specs()
+    eager = DistillModule(student, teacher, _teacher_ckpt(tiny_teacher_run))
+    compiled = DistillModule(student, teacher, _teacher_ckpt(tiny_teacher_run), teacher_compile=True)
+    assert list(compiled.state_dict()) == list(eager.state_dict())  # checkpoints keep their names
+    x = torch.randn(4, 3, 16, 25, 2)
+    for module in (eager, compiled):
+        module.eval()
+        module.targets_eval = module.run_teacher(x)
+    assert compiled._compiled_teacher is None  # evaluation's batch sizes vary: it stays eager
+    for module in (eager, compiled):
+        module.train()
+        module.targets = module.run_teacher(x)
+    assert compiled._compiled_teacher is not None and eager._compiled_teacher is None
+    for a, b in ((eager.targets, compiled.targets), (eager.targets_eval, compiled.targets_eval)):
+        for t_eager, t_compiled in zip([*a[0], a[1]], [*b[0], b[1]]):
+            torch.testing.assert_close(t_compiled, t_eager, rtol=1e-4, atol=1e-5)
+
+
 def test_projections_map_each_student_stage_to_the_teacher_channels(tiny_teacher_run):
     student, teacher = _specs()
     module = DistillModule({**student, "name": "last_lite_small"}, teacher, _teacher_ckpt(tiny_teacher_run))
