@@ -253,6 +253,7 @@ def test_a_recorded_pid_now_held_by_another_process_does_not_block_the_stage(tmp
 def test_ensure_all_runs_independent_stages_side_by_side(tmp_path):
     state = PipelineState(tmp_path)
     lock, running, peak, argvs, started = threading.Lock(), [0], [0], {}, []
+    first_two = threading.Barrier(2, timeout=60)  # broken unless a and b run at once
 
     def runner(argv, log_path, cwd, on_start, **kwargs):
         run_dir = Path(argv[-1].split("=", 1)[1])
@@ -261,7 +262,9 @@ def test_ensure_all_runs_independent_stages_side_by_side(tmp_path):
             peak[0] = max(peak[0], running[0])
             argvs[run_dir.name] = argv
             started.append(run_dir.name)
-        time.sleep(0.3)
+        if run_dir.name in ("a", "b"):
+            first_two.wait()
+        time.sleep(0.1)
         with lock:
             running[0] -= 1
         if run_dir.name == "bad":
@@ -275,7 +278,7 @@ def test_ensure_all_runs_independent_stages_side_by_side(tmp_path):
             for n in names]
     with pytest.raises(Exception, match="stage 'bad' failed"):
         stages.ensure_all(todo, jobs=2)
-    assert peak[0] == 2  # two at a time, never more
+    assert peak[0] == 2 and not first_two.broken  # two at a time, never more
     assert {n: state.stages[n]["status"] for n in names} == {"a": "done", "b": "done", "bad": "failed", "c": "done"}
     threads = f"threads={max(1, available_cores() // 2)}"
     assert threads in argvs["a"] and threads in argvs["b"]

@@ -256,13 +256,16 @@ def test_an_interrupted_stage_restarts_cleanly(finished, copy):
 
 def test_jobs_run_independent_stages_side_by_side_with_the_same_outcome(finished, tmp_path):
     lock, running, started = threading.Lock(), [0], []
+    path_a = [threading.Barrier(2, timeout=60)]  # broken unless Path A's two stages run at once
 
-    def side_by_side(argv, log_path, cwd, on_start, **kwargs):  # the finished stage's files, after a while
+    def side_by_side(argv, log_path, cwd, on_start, **kwargs):  # the finished stage's files
         stage_dir = Path(argv[-1].split("=", 1)[1])
         with lock:
             running[0] += 1
             started.append((stage_dir.name, running[0], argv))
-        time.sleep(0.5)
+        if path_a[0] is not None and stage_dir.name in ("teacher", A):
+            path_a[0].wait()
+        time.sleep(0.1)
         shutil.copytree(finished["dir"] / stage_dir.name, stage_dir)
         with lock:
             running[0] -= 1
@@ -277,11 +280,12 @@ def test_jobs_run_independent_stages_side_by_side_with_the_same_outcome(finished
     assert report["invocation"]["actions"] == first["invocation"]["actions"]  # each stage ran once
     order = [name for name, _, _ in started]
     assert sorted(order[:2]) == sorted(["teacher", A]) and order[2:] == [B, f"export_{B}"]
-    assert max(n for _, n, _ in started) == 2  # Path A's two stages at once
+    assert max(n for _, n, _ in started) == 2 and not path_a[0].broken  # Path A's two stages at once
     threads = f"threads={max(1, available_cores() // 2)}"
     assert all(threads in argv for name, _, argv in started if name in ("teacher", A))
     # forced once per invocation, though the walk reaches the teacher twice
     started.clear()
+    path_a[0] = None
     shutil.rmtree(run_dir / "_aside", ignore_errors=True)
     report = pipeline(run_dir, published(0.0), "tree.jobs=2", "tree.force=[teacher]", runner=side_by_side)
     assert [name for name, _, _ in started] == ["teacher"]
