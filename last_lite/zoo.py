@@ -190,12 +190,10 @@ def pipeline_models(run_dir: str | Path) -> list[dict[str, Any]]:
     if report.get("status") != "complete":
         raise ValueError(f"the pipeline in {run_dir} is {report.get('status')!r}, not complete: "
                          f"rerun it to the end before shipping what it deployed")
-    stages = json.loads(state_file.read_text())["stages"]
+    from last_lite.pipeline.state import PipelineState
 
-    def output(stage: str, key: str) -> Path:
-        value = Path(stages[stage]["outputs"][key])
-        return value if value.is_absolute() else run_dir / value
-
+    state = PipelineState(run_dir)
+    stages, output = state.stages, state.output
     deployed_path = {d["deployed_stage"]: d["deployed_path"] for d in report.get("deployment") or []}
     models = []
     for entry in report["models"]:

@@ -174,6 +174,11 @@ class PipelineState:
     def metrics(self, name: str) -> dict:
         return json.loads((self.stage_dir(name) / "metrics.json").read_text())
 
+    def output(self, name: str, key: str) -> Path:
+        """An output of a finished stage (recorded relative to the run folder), as a path."""
+        value = Path(self.stages[name]["outputs"][key])
+        return value if value.is_absolute() else self.run_dir / value
+
     def fingerprint(self, name: str) -> str:
         """What a consumer of stage ``name`` saw: its metrics.json (a rerun changes wall_time_s)."""
         return file_sha256(self.stage_dir(name) / "metrics.json")[:16]
@@ -385,8 +390,7 @@ class StageRunner:
 
     def output(self, name: str, key: str) -> Path:
         """An output of a finished stage, as a path in this run folder."""
-        value = Path(self.state.stages[name]["outputs"][key])
-        return value if value.is_absolute() else self.state.run_dir / value
+        return self.state.output(name, key)
 
     def move_aside(self, name: str, reason: str) -> Path | None:
         stage_dir = self.state.stage_dir(name)
