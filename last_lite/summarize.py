@@ -107,9 +107,11 @@ def _fmt(value) -> str:
 
 def write_tables(folder: Path) -> str:
     columns, rows, _ = collect(folder)
-    swept = [c for c in columns if c in ("job", "test_top1", "best_val_top1", "status")
-             or len(rows) == 1 or len({r.get(c) for r in rows}) > 1]
-    shared = [f"`{c}={rows[0].get(c)}`" for c in columns if c not in swept]
+    fixed = ("job", "test_top1", "best_val_top1", "status")
+    # the table leaves out where a run resumed from and how it executed (summary.csv keeps them)
+    computed = [c for c in columns if c in fixed or not is_execution_key(c)]
+    swept = [c for c in computed if c in fixed or len(rows) == 1 or len({r.get(c) for r in rows}) > 1]
+    shared = [f"`{c}={rows[0].get(c)}`" for c in computed if c not in swept]
     md = ["| " + " | ".join(swept) + " |", "|" + "---|" * len(swept)]
     md += ["| " + " | ".join(_fmt(r.get(c)) for c in swept) + " |" for r in rows]
     buffer = io.StringIO()
@@ -117,7 +119,8 @@ def write_tables(folder: Path) -> str:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(folder / "summary.csv", buffer.getvalue())
-    text = "\n".join(md) + "\n\nAccuracies in percent (test top-1 of the checkpoint chosen on validation)."
+    text = "\n".join(md) + ("\n\nAccuracies in percent: test top-1 of the checkpoint each run's "
+                             "selection rule handed on (metrics.json `selection`).")
     text += f" Same in every job: {', '.join(shared)}.\n" if shared else "\n"
     atomic_write_text(folder / "summary.md", text)
     return text

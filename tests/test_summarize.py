@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from last_lite.summarize import write_paired_table
+from last_lite.summarize import write_paired_table, write_tables
 
 
 def _job(folder: Path, name: str, command: str, overrides: list[str], top1: float | None,
@@ -78,3 +78,12 @@ def test_the_command_line_asks_for_paired_before_a_reference(cells_folder):
     done = subprocess.run([*run, "--paired", "--reference", "command=train"], cwd=REPO, capture_output=True,
                           text=True, check=True)
     assert "paired diff" in done.stdout and (cells_folder / "summary.md").is_file()
+
+
+def test_the_jobs_table_leaves_out_how_a_job_executed_and_the_csv_keeps_it(cells_folder):
+    text = write_tables(cells_folder)
+    header = _row(text, "job")
+    assert "ckpt_path" not in header and "threads" not in header and "teacher.compile" not in header
+    assert "`trainer.precision=32-true`" in text  # what every job computed with stays, as shared
+    assert "selection rule handed on" in text
+    assert "ckpt_path" in (cells_folder / "summary.csv").read_text().splitlines()[0]
