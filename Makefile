@@ -12,7 +12,7 @@ DATA    ?= synthetic
 EXPERIMENT ?= $(if $(wildcard conf/experiment/$(DATA).yaml),$(DATA))
 RUN     ?= outputs/pipeline/$(or $(EXPERIMENT),$(DATA))
 
-.PHONY: install demo-env lint test demo export pipeline clean
+.PHONY: install demo-env lint test demo export pipeline pipeline-status clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,10 @@ export: install
 #                 [ARGS='tree.jobs=2 tree.force=[teacher]']
 pipeline: install
 	$(PY) -m last_lite.pipeline data=$(DATA) $(if $(EXPERIMENT),experiment=$(EXPERIMENT)) hydra.run.dir=$(RUN) $(ARGS)
+
+# Where that run stands, stage by stage (also while it runs): make pipeline-status [RUN=...]
+pipeline-status:
+	$(PY) -m last_lite.pipeline.status $(RUN)
 
 clean:
 	rm -rf $(VENV) $(DEMO_VENV) outputs .pytest_cache

@@ -16,7 +16,9 @@ The tree's settings are the ``tree`` group (conf/tree/); the former spellings
 (``last_lite.config_checks.legacy_overrides``, in ``run_cli``).
 
 Exit status: 0 when the tree completed or stopped at a decision (the report says which), 1 when
-a stage failed (the report names it and its log).
+a stage failed (the report names it and its log). Interrupted (Ctrl-C, SIGTERM), it ends the
+running stages' processes, writes the report so far (status ``interrupted``) and exits non-zero.
+``python -m last_lite.pipeline.status <run folder>`` shows where a run stands, also while it runs.
 """
 
 from __future__ import annotations
@@ -109,8 +111,15 @@ def run(cfg: DictConfig, runner_fn=None) -> dict[str, Any]:
         invocation: dict[str, Any] = {"started_at": now(), "argv": list(sys.argv), "force": force,
                                       "thresholds": OmegaConf.to_container(cfg.tree.thresholds,
                                                                            resolve=True)}
+        interrupted: KeyboardInterrupt | None = None
         try:
             tree.run()
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM (a session's end): stages stay resumable
+            interrupted = exc
+            tree.outcome["status"] = "interrupted"
+            tree.outcome["warnings"].append(
+                "interrupted: rerun the same command to continue (a training stage resumes from its "
+                "last.ckpt); `python -m last_lite.pipeline.status <run folder>` shows where it stands")
         except StageFailed as exc:
             tree.outcome["status"] = "failed"
             tree.outcome["failures"].append(
@@ -134,6 +143,8 @@ def run(cfg: DictConfig, runner_fn=None) -> dict[str, Any]:
             state.save()
         report = write_report(cfg, state, runner, tree.outcome, invocation)
     _print_summary(report)
+    if interrupted is not None:
+        raise interrupted
     return report
 
 

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from last_lite.io import atomic_write, atomic_write_json, atomic_write_text
 from last_lite.pipeline import plots
 from last_lite.pipeline.state import PipelineState, StageRunner
+from last_lite.pipeline.status import stage_status
 from last_lite.pipeline.tree import ACCURACY_CHOICE, PATH_NAMES, pct, pts, selection_score
 
 log = logging.getLogger("last_lite.pipeline")
@@ -155,8 +156,13 @@ def build_report(cfg: DictConfig, state: PipelineState, runner: StageRunner,
         m = state.metrics(s) if s in done else {}
         # a training stage resumed across sittings: all of them (wall_time_s is the last one's)
         wall = m.get("wall_time_total_s", m.get("wall_time_s"))
+        status = rec.get("status")
+        if status == "running":  # the report of an interrupted invocation: where the stage stopped
+            now_ = stage_status(state, s)
+            status = now_["status"] + (f" at epoch {now_['epoch']}/{now_['max_epochs'] or '?'}"
+                                       if now_["epoch"] is not None else "")
         stage_table.append({"stage": s, "wall_time_s": wall, "sittings": len(m.get("sittings_s") or [1]) if m else None,
-                            "command": rec.get("command"), "status": rec.get("status"),
+                            "command": rec.get("command"), "status": status,
                             "action": (invocation.get("actions") or {}).get(s, rec.get("last_action")),
                             "hash": rec.get("hash"), "folder": s, "log": rec.get("log"),
                             "runs": rec.get("runs"), "finished_at": rec.get("finished_at")})

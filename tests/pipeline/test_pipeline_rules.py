@@ -15,7 +15,7 @@ from last_lite.io import process_start_id
 from last_lite.pipeline.__main__ import _hydra_context, stage_identity
 from last_lite.pipeline.plots import pareto_front
 from last_lite.pipeline.state import (AdoptionRefused, PipelineState, Stage, StageRunner, adoption_differences,
-                                      available_cores, changed_keys, pretrain_outputs, rebase, training_outputs)
+                                      available_cores, changed_keys, now, pretrain_outputs, rebase, training_outputs)
 from last_lite.pipeline.tree import deploy_decision, deploy_margin, path_c_decision, teacher_gate
 
 T = {"teacher_min_val_top1": 0.75, "max_gap_to_reference": 0.03, "student_floor": {"last_lite_small": 0.85}}
@@ -248,6 +248,34 @@ def test_a_recorded_pid_now_held_by_another_process_does_not_block_the_stage(tmp
     finally:
         other.kill()
         other.wait()
+
+
+def test_status_tells_a_running_stage_from_an_interrupted_one(tmp_path):
+    from last_lite.pipeline.status import format_status, pipeline_status
+
+    state = PipelineState(tmp_path)
+    (tmp_path / "teacher" / "csv").mkdir(parents=True)
+    (tmp_path / "teacher" / "csv" / "metrics.csv").write_text("epoch,step\n0,5\n1,10\n")
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        if process_start_id(proc.pid) is None:
+            pytest.skip("no /proc on this system: a pid's start time cannot be read")
+        state.stages["teacher"] = {"status": "running", "command": "train", "pid": proc.pid,
+                                   "pid_start_id": process_start_id(proc.pid), "started_at": now(),
+                                   "identity": {"config": {"trainer": {"max_epochs": 65}}}}
+        state.save()
+        row = pipeline_status(tmp_path)["stages"][0]
+        assert (row["status"], row["epoch"], row["max_epochs"], row["next_run"]) == ("running", 2, 65, None)
+        assert 0 <= row["time_s"] < 60
+    finally:
+        proc.kill()
+        proc.wait()
+    row = pipeline_status(tmp_path)["stages"][0]
+    assert (row["status"], row["next_run"]) == ("interrupted", "starts over")  # no last.ckpt yet
+    (tmp_path / "teacher" / "checkpoints").mkdir()
+    (tmp_path / "teacher" / "checkpoints" / "last.ckpt").write_bytes(b"epoch 2")
+    assert "| teacher | train | interrupted | 2/65 | - | - | resumes from checkpoints/last.ckpt |" in \
+        format_status(pipeline_status(tmp_path))
 
 
 def test_ensure_all_runs_independent_stages_side_by_side(tmp_path):

@@ -254,6 +254,39 @@ def test_an_interrupted_stage_restarts_cleanly(finished, copy):
     assert report["models"][-1]["export"]["int8"]["test_top1"] == new["evaluation"]["models"]["int8"]["top1"]
 
 
+def test_an_interrupted_invocation_reports_where_it_stopped_and_status_shows_it(copy):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+
+    def interrupted(argv, log_path, cwd, on_start, **kwargs):  # the session ends during epoch 2
+        stage_dir = Path(argv[-1].split("=", 1)[1])
+        on_start(dead.pid)
+        (stage_dir / "csv").mkdir(parents=True)
+        (stage_dir / "csv" / "metrics.csv").write_text("epoch,step,train/loss\n0,3,0.9\n")
+        (stage_dir / "checkpoints").mkdir()
+        (stage_dir / "checkpoints" / "last.ckpt").write_bytes(b"after epoch 1")
+        raise KeyboardInterrupt("signal 15")
+
+    with pytest.raises(KeyboardInterrupt):
+        pipeline(copy, published(0.0), f"tree.force=[{B}]", runner=interrupted)
+    report = json.loads((copy / "report.json").read_text())
+    assert report["status"] == state(copy)["last_invocation"]["status"] == "interrupted"
+    assert {s["stage"]: s["status"] for s in report["stages"]}[B] == "interrupted at epoch 1/1"
+    assert "rerun the same command to continue" in (copy / "report.md").read_text()
+
+    shown = subprocess.run([sys.executable, "-m", "last_lite.pipeline.status", str(copy)], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in shown.splitlines() if line.startswith("| ") and not line.startswith("| stage")}
+    assert rows[B][:3] == ["distill", "interrupted", "1/1"]
+    assert rows[B][5] == "resumes from checkpoints/last.ckpt"
+    assert rows["teacher"][1] == "done" and rows["teacher"][3] == f"{100 * metrics(copy, 'teacher')['top1']:.2f}%"
+    assert rows[f"export_{B}"][1] == "done" and "last ended invocation: interrupted" in shown
+    missing = subprocess.run([sys.executable, "-m", "last_lite.pipeline.status", str(copy / "nothing")],
+                             cwd=REPO, capture_output=True, text=True)
+    assert missing.returncode != 0 and "no pipeline run in" in missing.stderr
+
+
 def test_jobs_run_independent_stages_side_by_side_with_the_same_outcome(finished, tmp_path):
     lock, running, started = threading.Lock(), [0], []
     path_a = [threading.Barrier(2, timeout=60)]  # broken unless Path A's two stages run at once
