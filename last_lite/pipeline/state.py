@@ -616,10 +616,12 @@ class StageRunner:
 
 
 def last_logged_epoch(stage_dir: Path) -> int | None:
-    """The epoch (0-based) of the last row a training run's CSV logger flushed, if any."""
+    """The epoch (0-based) of the last training row a run's CSV logger flushed, if any (the test
+    after fit logs one epoch past the last)."""
     try:
         with open(stage_dir / "csv" / "metrics.csv", newline="", encoding="utf-8") as fh:
-            epochs = [row["epoch"] for row in csv.DictReader(fh) if row.get("epoch")]
+            epochs = [row["epoch"] for row in csv.DictReader(fh)
+                      if row.get("epoch") and any(v for k, v in row.items() if k and k.startswith("train/"))]
     except (OSError, KeyError, csv.Error):
         return None
     return int(float(epochs[-1])) if epochs else None

@@ -255,7 +255,9 @@ def test_status_tells_a_running_stage_from_an_interrupted_one(tmp_path):
 
     state = PipelineState(tmp_path)
     (tmp_path / "teacher" / "csv").mkdir(parents=True)
-    (tmp_path / "teacher" / "csv" / "metrics.csv").write_text("epoch,step\n0,5\n1,10\n")
+    # two epochs trained, then the test after fit (logged one epoch on) is not a training epoch
+    (tmp_path / "teacher" / "csv" / "metrics.csv").write_text(
+        "epoch,step,train/loss,test/top1\n0,5,0.9,\n1,10,0.8,\n2,10,,0.5\n")
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         if process_start_id(proc.pid) is None:
