@@ -64,7 +64,7 @@ pipeline: install
 	$(PY) -m last_lite.pipeline data=$(DATA) $(if $(EXPERIMENT),experiment=$(EXPERIMENT)) hydra.run.dir=$(RUN) $(ARGS)
 
 # Where that run stands, stage by stage (also while it runs): make pipeline-status [RUN=...]
-pipeline-status:
+pipeline-status: install
 	$(PY) -m last_lite.pipeline.status $(RUN)
 
 clean:

@@ -158,9 +158,9 @@ def build_report(cfg: DictConfig, state: PipelineState, runner: StageRunner,
         wall = m.get("wall_time_total_s", m.get("wall_time_s"))
         status = rec.get("status")
         if status == "running":  # the report of an interrupted invocation: where the stage stopped
-            now_ = stage_status(state, s)
-            status = now_["status"] + (f" at epoch {now_['epoch']}/{now_['max_epochs'] or '?'}"
-                                       if now_["epoch"] is not None else "")
+            current = stage_status(state, s)
+            status = current["status"] + (f" at epoch {current['epoch']}/{current['max_epochs'] or '?'}"
+                                          if current["epoch"] is not None else "")
         stage_table.append({"stage": s, "wall_time_s": wall, "sittings": len(m.get("sittings_s") or [1]) if m else None,
                             "command": rec.get("command"), "status": status,
                             "action": (invocation.get("actions") or {}).get(s, rec.get("last_action")),

@@ -179,6 +179,10 @@ class PipelineState:
         value = Path(self.stages[name]["outputs"][key])
         return value if value.is_absolute() else self.run_dir / value
 
+    def last_checkpoint(self, name: str) -> Path:
+        """Where a training stage's ``last.ckpt`` is (a resume starts from it), present or not."""
+        return self.stage_dir(name) / "checkpoints" / "last.ckpt"
+
     def fingerprint(self, name: str) -> str:
         """What a consumer of stage ``name`` saw: its metrics.json (a rerun changes wall_time_s)."""
         return file_sha256(self.stage_dir(name) / "metrics.json")[:16]
@@ -445,7 +449,7 @@ class StageRunner:
             return None
         if record.get("status") != "running" or record.get("hash") != digest:
             return None  # a failed stage starts over: what it saved may be what failed
-        ckpt = self.state.stage_dir(stage.name) / "checkpoints" / "last.ckpt"
+        ckpt = self.state.last_checkpoint(stage.name)
         return ckpt if ckpt.is_file() else None
 
     def ensure(self, stage: Stage, run_args: Sequence[str] = ()) -> dict:
@@ -473,8 +477,7 @@ class StageRunner:
                                                                 and outputs is not None):
                 return self.adopt_run(stage, self.adopt[stage.name], digest, ident)
 
-            if record.get("status") == "running" and record.get("pid") and int(record["pid"]) != os.getpid() \
-                    and same_process_alive(int(record["pid"]), record.get("pid_start_id")):
+            if stage_process_alive(record):
                 raise RuntimeError(f"stage {stage.name} is still running (pid {record['pid']})")
             resume_from = self.resume_checkpoint(stage, record, digest)
             changed: list[str] = []
@@ -607,12 +610,19 @@ class StageRunner:
         """SIGTERM every stage process this runner started that is still running."""
         with self._lock:
             self._interrupted = True
-            running = [(int(r["pid"]), r.get("pid_start_id")) for r in self.state.stages.values()
-                       if r.get("status") == "running" and r.get("pid")]
-        for pid, start_id in running:
-            if pid != os.getpid() and same_process_alive(pid, start_id):
+            running = [dict(r) for r in self.state.stages.values()]
+        for record in running:
+            if stage_process_alive(record):
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
+                    os.kill(int(record["pid"]), signal.SIGTERM)
+
+
+def stage_process_alive(record: Mapping[str, Any]) -> bool:
+    """Whether a stage recorded as running still has its process (one other than this one: the
+    pid with its start id, so a later process that got the same pid is not taken for it)."""
+    pid = int(record.get("pid") or 0)
+    return (record.get("status") == "running" and pid not in (0, os.getpid())
+            and same_process_alive(pid, record.get("pid_start_id")))
 
 
 def last_logged_epoch(stage_dir: Path) -> int | None:

@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from last_lite.io import same_process_alive
-from last_lite.pipeline.state import RESUMABLE_COMMANDS, STATE_FILE, PipelineState, last_logged_epoch
+from last_lite.pipeline.state import (RESUMABLE_COMMANDS, STATE_FILE, PipelineState, last_logged_epoch,
+                                      stage_process_alive)
 
 
 def _seconds_since(stamp: str | None) -> float | None:
@@ -29,10 +29,8 @@ def stage_status(state: PipelineState, name: str) -> dict[str, Any]:
     """One stage: its status as of now, its epoch (training stages), test top-1 and time."""
     record = state.stages[name]
     status, command = record.get("status"), record.get("command")
-    if status == "running":
-        pid = int(record.get("pid") or 0)
-        if not (pid and same_process_alive(pid, record.get("pid_start_id"))):
-            status = "interrupted"
+    if status == "running" and not stage_process_alive(record):
+        status = "interrupted"
     row: dict[str, Any] = {"stage": name, "command": command, "status": status, "epoch": None,
                            "max_epochs": None, "test_top1": None, "time_s": None,
                            "next_run": None, "log": record.get("log")}
@@ -42,14 +40,16 @@ def stage_status(state: PipelineState, name: str) -> dict[str, Any]:
         config = (record.get("identity") or {}).get("config") or {}
         row["max_epochs"] = (config.get("trainer") or {}).get("max_epochs")
     if status == "done":
-        metrics_file = state.stage_dir(name) / "metrics.json"
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        try:
+            metrics = state.metrics(name)
+        except FileNotFoundError:  # its folder changed by hand since
+            metrics = {}
         row["test_top1"] = metrics.get("top1")
         row["time_s"] = metrics.get("wall_time_total_s", metrics.get("wall_time_s"))
     elif status == "running":
         row["time_s"] = _seconds_since(record.get("started_at"))  # this sitting
     if status == "interrupted":
-        resumable = command in RESUMABLE_COMMANDS and (state.stage_dir(name) / "checkpoints" / "last.ckpt").is_file()
+        resumable = command in RESUMABLE_COMMANDS and state.last_checkpoint(name).is_file()
         row["next_run"] = "resumes from checkpoints/last.ckpt" if resumable else "starts over"
     elif status == "failed":
         row["next_run"] = "starts over (moved aside first)"
