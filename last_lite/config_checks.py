@@ -410,6 +410,24 @@ def is_execution_key(key: str) -> bool:
     return key.split(".")[0] in EXECUTION_KEYS or key.endswith(EXECUTION_SUFFIXES) or key in EXECUTION_OPTIONS
 
 
+def flatten_config(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config (plain containers) as ``{"dotted.key": value}``."""
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(flatten_config(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: obj}
+
+
+def computed_differences(saved: Mapping[str, Any], current: Mapping[str, Any], limit: int = 12) -> list[str]:
+    """The keys, execution keys aside, where two resolved run configs differ (``key: saved vs now``):
+    what would make a resumed run a mix of two experiments."""
+    a, b = flatten_config(dict(saved)), flatten_config(dict(current))
+    return [f"{k}: {a.get(k, '<absent>')!r} vs now {b.get(k, '<absent>')!r}"
+            for k in sorted(set(a) | set(b)) if not is_execution_key(k) and a.get(k, "<absent>") != b.get(k, "<absent>")][:limit]
+
+
 #: command -> {former group: the group@package it became}: only the choice (``student=x``) is
 #: rewritten, since ``student.*`` still names the keys of the model chosen for ``student``.
 RENAMED_CHOICES: dict[str, dict[str, str]] = {

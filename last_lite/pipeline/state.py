@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from last_lite.config_checks import current_spelling, former_keys, is_execution_key
+from last_lite.config_checks import current_spelling, flatten_config, former_keys, is_execution_key
 from last_lite.io import atomic_write_json, process_start_id, same_process_alive
 
 log = logging.getLogger("last_lite.pipeline")
@@ -248,20 +248,11 @@ def run_subprocess(argv: Sequence[str], log_path: Path, cwd: Path, on_start: Cal
                 signal.signal(signal.SIGTERM, previous)
 
 
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, dict):
-        out: dict[str, Any] = {}
-        for k, v in obj.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: obj}
-
-
 def changed_keys(old: Mapping[str, Any] | None, new: Mapping[str, Any], limit: int = 20) -> list[str]:
     """The identity entries that differ (why a finished stage is stale)."""
     if not old:
         return []
-    a, b = _flatten(dict(old)), _flatten(dict(new))
+    a, b = flatten_config(dict(old)), flatten_config(dict(new))
     return sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))[:limit]
 
 
@@ -307,7 +298,7 @@ def adoption_differences(stage_cfg: Mapping[str, Any], run_cfg: Mapping[str, Any
     run_cfg = in_current_keys(run_cfg, stage_cfg, command)
 
     run_dir = Path((run_cfg.get("paths") or {}).get("output_dir") or run_dir)  # where it ran
-    a, b = _flatten(dict(stage_cfg)), _flatten(dict(run_cfg))
+    a, b = flatten_config(dict(stage_cfg)), flatten_config(dict(run_cfg))
     out = []
     for key in sorted(set(a) | set(b)):
         if is_execution_key(key):  # where and how a run executed, not what it computed

@@ -47,6 +47,15 @@ def load_checkpoint(path: str | Path) -> dict:
         raise ValueError(f"cannot load {path} as a weights-only checkpoint: {exc}") from exc
 
 
+def newest_checkpoint(candidates: list[Path]) -> Path | None:
+    """Of the checkpoints that exist among ``candidates``, the one furthest on (its global step),
+    e.g. the epoch-end ``last.ckpt`` or a later every-N-steps ``step.ckpt``; None when none exists."""
+    present = [Path(p) for p in candidates if Path(p).is_file()]
+    if not present:
+        return None
+    return max(present, key=lambda p: int(load_checkpoint(p).get("global_step", 0)))
+
+
 def load_model_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """Model weights from a ``.safetensors`` file or a Lightning ``.ckpt`` (``model.`` prefix dropped)."""
     path = Path(path)

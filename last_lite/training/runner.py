@@ -6,6 +6,7 @@ Thin Hydra commands (``last_lite.train``, ``last_lite.distill``, ``last_lite.pre
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -14,17 +15,19 @@ from typing import Any, Callable
 
 import lightning as L
 import torch
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from last_lite.config_checks import computed_differences, validate_run_config
 from last_lite.console import quiet
 from last_lite.io import atomic_write_text
 from last_lite.models.profile import count_parameters
 from last_lite.training.base import ClassifierPhase, PhaseModule
-from last_lite.training.checkpoints import AtomicCheckpointIO, init_from
+from last_lite.training.checkpoints import AtomicCheckpointIO, init_from, newest_checkpoint
 from last_lite.training.confusion import save_confusion_matrix
 from last_lite.training.precision import checkpoint_precisions, resolve_trainer_precision
 from last_lite.training.records import metrics_record, write_metrics
@@ -132,17 +135,47 @@ def apply_thread_count(cfg: DictConfig) -> int:
     return threads
 
 
+RESUME_NEWEST = "last"
+
+
+def resume_newest(cfg: DictConfig, output_dir: Path) -> dict | None:
+    """``ckpt_path=last``: the same command run again picks up where it stopped, so a sweep (``-m``
+    with a fixed ``hydra.sweep.dir``) or a queue of runs is resumed by rerunning it. Sets
+    ``cfg.ckpt_path`` to this run folder's newest checkpoint (None before its first: a fresh start)
+    and returns the record of a run that already finished (its metrics.json), which is not rerun.
+    A folder whose config.yaml holds another experiment is refused: resuming would mix the two."""
+    saved = output_dir / "config.yaml"
+    if saved.is_file():
+        differences = computed_differences(yaml.safe_load(saved.read_text(encoding="utf-8")) or {},
+                                           OmegaConf.to_container(cfg, resolve=True))
+        if differences:
+            raise ValueError(f"ckpt_path=last: {output_dir} holds a run of another config ("
+                             + "; ".join(differences) + "). Choose another hydra.run.dir, or resume "
+                             "with a changed config on purpose with ckpt_path=<its checkpoint file>")
+        if (output_dir / "metrics.json").is_file():
+            log.info("ckpt_path=last: %s has finished (metrics.json); nothing to do", output_dir)
+            return json.loads((output_dir / "metrics.json").read_text(encoding="utf-8"))
+    checkpoints = [Path(spec.dirpath) / f"{spec.filename}.ckpt"
+                   for name in ("last_checkpoint", "step_checkpoint")
+                   if (spec := (cfg.get("callbacks") or {}).get(name)) is not None]
+    newest = newest_checkpoint(checkpoints)
+    cfg.ckpt_path = None if newest is None else str(newest)
+    log.info("ckpt_path=last: %s", f"resuming from {newest}" if newest else
+             f"no checkpoint in {output_dir} yet, starting from the beginning")
+    return None
+
+
 def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str, model_key: str = "model") -> dict:
     """Fit the phase module, test the checkpoint chosen on validation, write metrics.json.
 
     ``model_key`` names the config group of the network being trained (``student`` in Path B).
     """
-    from last_lite.config_checks import validate_run_config
-
     validate_run_config(cfg, command)  # again per job: a sweep's values are set only here
     started = time.time()
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("ckpt_path") == RESUME_NEWEST and (finished := resume_newest(cfg, output_dir)) is not None:
+        return finished
     threads = apply_thread_count(cfg)
     # config.yaml keeps the requested precision (``auto`` stays comparable across machines, e.g. for
     # the pipeline's adoption of runs); metrics.json and the checkpoints record the resolved one.
@@ -170,7 +203,8 @@ def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str, model_
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     if trainer.interrupted:
-        raise SystemExit("training was interrupted; resume with ckpt_path=<output>/checkpoints/last.ckpt")
+        raise SystemExit("training was interrupted; resume it by running the same command with ckpt_path=last "
+                         "(or ckpt_path=<output>/checkpoints/last.ckpt)")
     earlier_sittings_s = list(module.earlier_sittings_s)  # before the test's checkpoint load resets it
     val_indices = getattr(datamodule, "val_indices", None)
     val_size = 0 if val_indices is None else len(val_indices)

@@ -1,6 +1,7 @@
 """Path A through its real Hydra entry: training, resume, optimiser groups, evaluation, NaN guard."""
 
 import csv
+import shutil
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,32 @@ def test_resume_from_a_mid_run_checkpoint_reproduces_the_uninterrupted_run(tmp_p
     earlier, this = resumed_record["sittings_s"]
     assert earlier == round(first_sitting[0], 2) and this == resumed_record["wall_time_s"]
     assert resumed_record["wall_time_total_s"] == pytest.approx(first_sitting[0] + resumed_record["wall_time_s"], abs=0.01)
+
+
+def test_rerunning_with_ckpt_path_last_resumes_skips_a_finished_run_and_refuses_another_config(tmp_path):
+    common = ["model=last_lite_nano", "trainer.max_epochs=3", "test_after_fit=false", "ckpt_path=last",
+              "callbacks.model_checkpoint.save_top_k=-1", "callbacks.model_checkpoint.filename='e{epoch}'",
+              "callbacks.model_checkpoint.monitor=null", *TINY_DATA]
+    run_dir, checkpoints = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    first = run_command("train", common, run_dir)  # nothing there yet: from the beginning
+    assert "starting from the beginning" in first.stderr + first.stdout
+    uninterrupted = load_checkpoint(checkpoints / "last.ckpt")["state_dict"]
+    # cut off after its first epoch: last.ckpt is that epoch's, no metrics.json
+    shutil.copy(checkpoints / "e0.ckpt", checkpoints / "last.ckpt")
+    (run_dir / "metrics.json").unlink()
+    second = run_command("train", common, run_dir)
+    assert f"resuming from {checkpoints / 'last.ckpt'}" in second.stderr + second.stdout
+    resumed = load_checkpoint(checkpoints / "last.ckpt")["state_dict"]
+    assert all(torch.equal(value, resumed[key]) for key, value in uninterrupted.items())
+    record = (run_dir / "metrics.json").read_bytes()
+    assert len(read_metrics(run_dir)["sittings_s"]) == 2
+
+    third = run_command("train", common, run_dir)  # finished: nothing is retrained or rewritten
+    assert "has finished" in third.stderr + third.stdout and (run_dir / "metrics.json").read_bytes() == record
+
+    other = run_command("train", [*common, "optim.lr=0.01"], run_dir, check=False)
+    assert other.returncode != 0 and "holds a run of another config (optim.lr: 0.1 vs now 0.01)" in other.stderr
+    assert (run_dir / "metrics.json").read_bytes() == record
 
 
 def test_weight_decay_skips_biases_norms_gate_alphas_edges_and_the_pooling_gate():
