@@ -11,9 +11,10 @@ today's spelling of renamed groups (a job run as ``distill.alpha=0.3`` is a ``kd
 
 ``--paired [--reference key=value ...]`` also groups the jobs into cells (the same command and
 values but the seed) and writes ``paired.md``: each cell's n, mean and standard deviation of test
-top-1, and its paired difference from the reference cell over the seeds both ran (mean, sd and the
-paired t statistic ``mean / (sd / sqrt(n))``), e.g. for a folder of links to standalone and distilled
-runs: ``python -m last_lite.summarize cells/ --paired --reference command=train``.
+top-1, and its paired difference from the reference cell of the same network (the one trained: a
+distillation's student) over the seeds both ran (mean, sd and the paired t statistic
+``mean / (sd / sqrt(n))``), e.g. for a folder of links to standalone and distilled runs of both
+students: ``python -m last_lite.summarize cells/ --paired --reference command=train``.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def collect(folder: Path) -> tuple[list[str], list[dict], dict[str, JobRecord]]:
                 keys.append(key)
         metrics_file = job / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        row["network"] = metrics.get("model")  # the one trained: a distill job's student
         row["test_top1"] = metrics.get("top1")
         row["best_val_top1"] = metrics.get("best_val_top1")
         row["status"] = "done" if metrics else "no metrics.json"
@@ -98,7 +100,7 @@ def collect(folder: Path) -> tuple[list[str], list[dict], dict[str, JobRecord]]:
                 row[key] = records[row["job"]].value_ran_with(key)
         if "trainer.precision" in keys and ran_in[row["job"]]:
             row["trainer.precision"] = ran_in[row["job"]]  # what `auto` resolved to
-    return ["job", *keys, "test_top1", "best_val_top1", "status"], rows, records
+    return ["job", "network", *keys, "test_top1", "best_val_top1", "status"], rows, records
 
 
 def _fmt(value) -> str:
@@ -181,34 +183,42 @@ def write_paired_table(folder: Path, reference: dict[str, str] | None = None) ->
         raise SystemExit(f"summarize: no finished job (metrics.json with a test top-1) under {folder}")
     keys = [k for k, _ in cells[0].key]
     shown = [k for k in keys if len({dict(c.key).get(k) for c in cells}) > 1]
-    ref = None
+    # one reference per network: a distilled nano is paired with the standalone nano, not the small
+    refs: dict[str | None, Cell] = {}
     if reference:
+        wanted = " ".join(f"{k}={v}" for k, v in reference.items())
         found = [c for c in cells if c.matches(reference)]
-        if len(found) != 1:
-            wanted = " ".join(f"{k}={v}" for k, v in reference.items())
-            raise SystemExit(f"summarize: --reference {wanted} matches {len(found)} cells, not one; the cells: "
+        if not found:
+            raise SystemExit(f"summarize: --reference {wanted} matches 0 cells, not one; the cells: "
                              + "; ".join(c.label(shown) for c in cells))
-        ref = found[0]
+        for cell in found:
+            network = dict(cell.key).get("network")
+            if network in refs:
+                raise SystemExit(f"summarize: --reference {wanted} matches more than one cell of network "
+                                 f"{network}: {refs[network].label(shown)}; {cell.label(shown)}")
+            refs[network] = cell
 
     def num(value: float | None, sign: bool = False) -> str:
         return "" if value is None else (f"{value:+.2f}" if sign else f"{value:.2f}")
 
-    header = ["cell", "n", "seeds", "mean", "sd"] + (["paired diff", "sd diff", "t", "pairs"] if ref else [])
+    header = ["cell", "n", "seeds", "mean", "sd"] + (["paired diff", "sd diff", "t", "pairs"] if refs else [])
     md = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for cell in cells:
         values = list(cell.top1_by_seed.values())
+        ref = refs.get(dict(cell.key).get("network"))
         row = [cell.label(shown) + (" (reference)" if cell is ref else ""), str(len(values)),
                " ".join(sorted(cell.top1_by_seed)), num(statistics.mean(values)),
                num(statistics.stdev(values) if len(values) > 1 else None)]
-        if ref:
-            diff = paired_difference(cell, ref) if cell is not ref else {}
+        if refs:
+            diff = paired_difference(cell, ref) if ref is not None and cell is not ref else {}
             row += [num(diff.get("mean"), sign=True), num(diff.get("sd")), num(diff.get("t")),
                     str(diff.get("pairs", ""))]
         md.append("| " + " | ".join(row) + " |")
     text = "\n".join(md) + "\n\nTest top-1 in percent; sd over seeds (n - 1)."
-    if ref:
-        text += (" Paired difference: the cell minus the reference on the seeds both ran; t = mean / (sd /"
-                 " sqrt(pairs)), with pairs - 1 degrees of freedom.")
+    if refs:
+        text += (" Paired difference: the cell minus the reference cell of the same network (metrics.json"
+                 " `model`) on the seeds both ran; t = mean / (sd / sqrt(pairs)), with pairs - 1 degrees of"
+                 " freedom.")
     text += "\n"
     atomic_write_text(folder / "paired.md", text)
     return text
@@ -221,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--paired", action="store_true",
                         help="also group jobs into cells over seeds and write paired.md")
     parser.add_argument("--reference", nargs="+", metavar="KEY=VALUE",
-                        help="with --paired: the cell the others are compared with, e.g. command=train")
+                        help="with --paired: the cell (one per network) the others are compared with, e.g. command=train")
     args = parser.parse_args(argv)
     if not args.folder.is_dir():
         parser.exit(2, f"summarize: error: {args.folder} is not a folder (a multirun prints its folder "

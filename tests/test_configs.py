@@ -271,7 +271,7 @@ def test_summarize_puts_runs_from_before_the_rename_in_the_columns_of_new_ones(t
     job("old", "distill", ["distill.tau=2", "student=last_lite_nano", "seed=1"], 0.5)
     job("new", "kd", ["kd.alpha=0.3", "model@student=last_lite_nano"], 0.3)
     columns, rows, _ = collect(tmp_path)
-    assert set(columns) == {"job", "kd.tau", "model@student", "seed", "kd.alpha", "test_top1", "best_val_top1",
+    assert set(columns) == {"job", "network", "kd.tau", "model@student", "seed", "kd.alpha", "test_top1", "best_val_top1",
                             "status"}
     by_job = {r["job"]: r for r in rows}
     assert by_job["old"]["kd.tau"] == "2" and by_job["old"]["kd.alpha"] == "0.5"

@@ -14,7 +14,7 @@ from last_lite.summarize import write_paired_table, write_tables
 
 
 def _job(folder: Path, name: str, command: str, overrides: list[str], top1: float | None,
-         precision_config: str = "32-true", precision_ran: str | None = None) -> None:
+         precision_config: str = "32-true", precision_ran: str | None = None, network: str | None = None) -> None:
     """A run folder as a Hydra job leaves it: .hydra/{overrides,hydra,config}.yaml and metrics.json."""
     job = folder / name
     (job / ".hydra").mkdir(parents=True)
@@ -24,7 +24,8 @@ def _job(folder: Path, name: str, command: str, overrides: list[str], top1: floa
     (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(
         {"seed": 0, "threads": None, "trainer": {"precision": precision_config}}))
     if top1 is not None:
-        metrics = {"top1": top1, **({"precision": precision_ran} if precision_ran else {})}
+        metrics = {"top1": top1, **({"precision": precision_ran} if precision_ran else {}),
+                   **({"model": network} if network else {})}
         (job / "metrics.json").write_text(json.dumps(metrics))
 
 
@@ -69,6 +70,26 @@ def test_a_reference_that_is_not_one_cell_and_a_seed_run_twice_are_refused(cells
     _job(cells_folder, "a0_again", "train", ["seed=0"], 0.5)
     with pytest.raises(SystemExit, match="two jobs of one cell ran seed 0"):
         write_paired_table(cells_folder)
+
+
+def test_each_cell_is_paired_with_the_reference_of_its_own_network(tmp_path):
+    top1 = {("train", "last_lite_small"): [0.90, 0.88], ("distill", "last_lite_small"): [0.92, 0.91],
+            ("train", "last_lite_nano"): [0.80, 0.84], ("distill", "last_lite_nano"): [0.85, 0.86]}
+    for (command, network), scores in top1.items():
+        for seed, score in enumerate(scores):
+            model = "model@student" if command == "distill" else "model"
+            _job(tmp_path, f"{command}_{network}_{seed}", command, [f"seed={seed}", f"{model}={network}"], score,
+                 network=network)
+    text = write_paired_table(tmp_path, {"command": "train"})
+    assert _row(text, "command=train, network=last_lite_nano")[0].endswith("(reference)")
+    assert _row(text, "command=train, network=last_lite_small")[0].endswith("(reference)")
+    assert _row(text, "command=distill, network=last_lite_nano")[5:] == ["+3.50", "2.12", "2.33", "2"]
+    assert _row(text, "command=distill, network=last_lite_small")[5:] == ["+2.50", "0.71", "5.00", "2"]
+    # two reference cells of one network cannot both be the reference
+    _job(tmp_path, "train_small_lr", "train", ["seed=0", "model=last_lite_small", "optim.lr=0.05"], 0.5,
+         network="last_lite_small")
+    with pytest.raises(SystemExit, match="matches more than one cell of network last_lite_small"):
+        write_paired_table(tmp_path, {"command": "train"})
 
 
 def test_the_command_line_asks_for_paired_before_a_reference(cells_folder):
