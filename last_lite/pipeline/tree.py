@@ -39,9 +39,9 @@ Which accuracy decides:
       is, the earliest candidate in ``prior_order`` within the margin of the best score is deployed;
   (b) otherwise (no hold-out, a hold-out that is the test split, different hold-outs or a
       missing score) the first candidate in ``prior_order`` is deployed. The default
-      ``[C, B, A]`` is the design note's expectation (standalone < +KD < +MaskCLR+KD); it has
-      to be re-derived from the measured expected-gain tables, since with a recipe without a
-      hold-out it is what decides.
+      ``[B, C, A]`` follows the measured expected-gain tables (conf/tree/default.yaml says which
+      numbers), not the design note's expectation (standalone < +KD < +MaskCLR+KD), since with
+      a recipe without a hold-out it is what decides.
 """
 
 from __future__ import annotations
@@ -179,6 +179,7 @@ def path_c_decision(student: str, student_top1: float | None, reference: Mapping
 
 
 PATH_NAMES = {"A": "standalone", "B": "distilled", "C": "MaskCLR + distilled"}
+DEFAULT_PRIOR_ORDER = ["B", "C", "A"]  # as conf/tree/default.yaml
 
 
 def deploy_margin(mean_score: float, val_size: int, z: float) -> float:
@@ -193,7 +194,7 @@ def deploy_decision(student: str, candidates: Mapping[str, Mapping[str, Any]],
     See the module docstring: (a) the hold-out decides, a later path in ``prior_order`` needing more
     than the margin; (b) without a usable hold-out, ``prior_order`` decides."""
     z = float(thresholds.get("deploy_z", 2.0))
-    prior = _list(thresholds.get("prior_order", ["C", "B", "A"]))
+    prior = _list(thresholds.get("prior_order", DEFAULT_PRIOR_ORDER))
     unknown = sorted(set(candidates) - set(prior))
     if unknown:
         raise ValueError(f"tree.thresholds.prior_order {prior} lacks the paths {unknown}")

@@ -106,7 +106,8 @@ def test_deploy_ties_go_to_the_earlier_path_and_a_better_preferred_path_wins():
 
 def test_deploy_without_a_usable_hold_out_follows_the_prior_order():
     no_split = deploy({"A": scored(None, 0), "B": scored(None, 0), "C": scored(None, 0)})
-    assert no_split.outcome == "C" and no_split.values["branch"] == "prior_order"
+    assert no_split.outcome == "B" and no_split.values["branch"] == "prior_order"
+    assert no_split.values["prior_order"] == ["B", "C", "A"]  # the default, from the measured gains
     assert "no validation split" in no_split.reason and no_split.values["margin"] is None
     # test top-1 never decides, even when it is the only number
     assert deploy({"A": scored(None, 0, top1=0.99), "B": scored(None, 0, top1=0.10)}).outcome == "B"

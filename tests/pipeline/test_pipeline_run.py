@@ -36,8 +36,9 @@ def _hydra_list(items) -> str:
 BASE = ["tree.teacher.model=last_e_v3_nano", f"~tree.students.{'last_lite_small'}",
         f"stage_overrides={_hydra_list(STAGE)}", f"tree.export.overrides={_hydra_list(EXPORT)}",
         "tree.export.baselines=[]", "tree.thresholds.teacher_min_val_top1=0.0",
-        # a 4-clip hold-out is noise: the prior order deploys (B, or C once run), whatever the scores
-        "tree.thresholds.deploy_z=100"]
+        # a 4-clip hold-out is noise: the prior order deploys (B, or C once run, so that deploying and
+        # exporting Path C's student is exercised), whatever the scores
+        "tree.thresholds.deploy_z=100", "tree.thresholds.prior_order=[C,B,A]"]
 
 
 def compose_cfg(run_dir: Path, *overrides: str):
