@@ -26,7 +26,8 @@ Which accuracy decides:
 - the Path C rule uses **test** top-1 (``top1``): the reference is a test-split number (a
   published accuracy always is, and a trained reference is then compared like with like), and the
   project's plan states its targets (88%, 85%) as test accuracies. The test split only decides
-  whether Path C is *tried*, never what is deployed;
+  whether Path C is *tried*, never what is deployed; and C is not tried where the deploy rule
+  could never pick it (no usable hold-out, and A or B before C in ``prior_order``);
 - the deploy rule (:func:`deploy_decision`), per student, among A (standalone), B (distilled) and
   C (MaskCLR + distilled, when run), by selection score, never by test:
 
@@ -142,9 +143,11 @@ def teacher_gate(metrics: Mapping[str, Any], thresholds: Mapping[str, Any]) -> D
 
 
 def path_c_decision(student: str, student_top1: float | None, reference: Mapping[str, Any],
-                    thresholds: Mapping[str, Any]) -> Decision:
+                    thresholds: Mapping[str, Any], hold_out: bool = True) -> Decision:
     """The rule, in order: at or above the reference -> skip C; below it by more than
-    ``max_gap_to_reference`` -> C; at or below the student's floor -> C; else skip C."""
+    ``max_gap_to_reference`` -> C; at or below the student's floor -> C; else skip C. A C that the
+    deploy rule could never choose is skipped too: without a usable hold-out (``hold_out`` false)
+    the first of ``prior_order`` is deployed, so C is run only when it comes before A and B."""
     gap_max = float(thresholds["max_gap_to_reference"])
     floor = (thresholds.get("student_floor") or {}).get(student)
     ref_top1 = reference["top1"]
@@ -164,18 +167,39 @@ def path_c_decision(student: str, student_top1: float | None, reference: Mapping
                         f"test top-1 {pct(student_top1)} is at or above the reference "
                         f"({ref_name}: {pct(ref_top1)}): Path C skipped", values)
     if gap > _r(gap_max):
-        return Decision(f"path_C:{student}", question, "run_c",
-                        f"test top-1 {pct(student_top1)} is {pts(gap)} below the reference "
-                        f"({ref_name}: {pct(ref_top1)}), more than {pts(gap_max)}: run Path C", values)
+        return _unless_undeployable(Decision(
+            f"path_C:{student}", question, "run_c",
+            f"test top-1 {pct(student_top1)} is {pts(gap)} below the reference ({ref_name}: {pct(ref_top1)}), "
+            f"more than {pts(gap_max)}: run Path C", values), thresholds, hold_out)
     if floor is not None and _r(student_top1) <= _r(floor):
-        return Decision(f"path_C:{student}", question, "run_c",
-                        f"test top-1 {pct(student_top1)} is within {pts(gap_max)} of the reference "
-                        f"({ref_name}: {pct(ref_top1)}) but at or below this student's floor {pct(floor)}: "
-                        f"run Path C", values)
+        return _unless_undeployable(Decision(
+            f"path_C:{student}", question, "run_c",
+            f"test top-1 {pct(student_top1)} is within {pts(gap_max)} of the reference ({ref_name}: "
+            f"{pct(ref_top1)}) but at or below this student's floor {pct(floor)}: run Path C", values),
+            thresholds, hold_out)
     floor_text = "" if floor is None else f" and above its floor {pct(floor)}"
     return Decision(f"path_C:{student}", question, "skip_c",
                     f"test top-1 {pct(student_top1)} is {pts(gap)} below the reference "
                     f"({ref_name}: {pct(ref_top1)}), within {pts(gap_max)}{floor_text}: Path C skipped", values)
+
+
+def _unless_undeployable(run_c: Decision, thresholds: Mapping[str, Any], hold_out: bool) -> Decision:
+    """``run_c`` as it is, or skip_c when without a hold-out the prior order puts A or B first."""
+    prior = _list(thresholds.get("prior_order", DEFAULT_PRIOR_ORDER))
+    ahead = [p for p in prior[:prior.index("C")] if p in ("A", "B")] if "C" in prior else []
+    run_c.values["hold_out"] = hold_out
+    if hold_out or not ahead:
+        return run_c
+    return Decision(run_c.id, run_c.question, "skip_c",
+                    f"{run_c.reason.removesuffix(': run Path C')}, but without a hold-out that ranks the "
+                    f"paths prior_order {prior} deploys {ahead[0]} ahead of C, so C could never be deployed: "
+                    f"Path C skipped (put C first in tree.thresholds.prior_order to run it)", run_c.values)
+
+
+def usable_hold_out(metrics: Mapping[str, Any]) -> bool:
+    """Whether a run was scored on a hold-out the deploy rule can rank paths on (not the test split)."""
+    score, _, val_size = selection_score(metrics)
+    return bool(val_size) and score is not None and not metrics.get("val_is_test", False)
 
 
 PATH_NAMES = {"A": "standalone", "B": "distilled", "C": "MaskCLR + distilled"}
@@ -410,8 +434,9 @@ class Tree:
         candidates: dict[str, dict[str, Mapping[str, Any]]] = {}
         for student in students:
             infos[student]["paths"].update(A=a[student].name, B=b[student].name)
-            decision = self.decide(path_c_decision(student, self.state.metrics(b[student].name).get("top1"),
-                                                   reference, self.thresholds))
+            distilled = self.state.metrics(b[student].name)
+            decision = self.decide(path_c_decision(student, distilled.get("top1"), reference, self.thresholds,
+                                                   hold_out=usable_hold_out(distilled)))
             infos[student]["path_c"] = decision.outcome
             candidates[student] = {"A": self.state.metrics(a[student].name),
                                    "B": self.state.metrics(b[student].name)}

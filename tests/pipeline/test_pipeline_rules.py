@@ -16,7 +16,7 @@ from last_lite.pipeline.__main__ import _hydra_context, stage_identity
 from last_lite.pipeline.plots import pareto_front
 from last_lite.pipeline.state import (AdoptionRefused, PipelineState, Stage, StageRunner, adoption_differences,
                                       available_cores, changed_keys, now, pretrain_outputs, rebase, training_outputs)
-from last_lite.pipeline.tree import deploy_decision, deploy_margin, path_c_decision, teacher_gate
+from last_lite.pipeline.tree import deploy_decision, deploy_margin, path_c_decision, teacher_gate, usable_hold_out
 
 T = {"teacher_min_val_top1": 0.75, "max_gap_to_reference": 0.03, "student_floor": {"last_lite_small": 0.85}}
 REF = {"label": "EfficientGCN-B0, trained here", "top1": 0.88}
@@ -62,6 +62,23 @@ def test_path_c_rule_in_order():
     assert path_c_decision(small, 0.8500000238418579, {**REF, "top1": 0.87}, T).outcome == "run_c"
     with pytest.raises(ValueError, match="test top-1 is missing"):
         path_c_decision(nano, None, REF, T)
+
+
+def test_path_c_is_not_tried_where_the_deploy_rule_could_never_pick_it():
+    nano = "last_lite_nano"
+    # 8 points below the reference, but no hold-out: the prior order [B, C, A] would deploy B
+    blind = path_c_decision(nano, 0.80, REF, T, hold_out=False)
+    assert blind.outcome == "skip_c" and blind.values["hold_out"] is False
+    assert "deploys B ahead of C, so C could never be deployed" in blind.reason
+    assert "more than 3.00 points" in blind.reason
+    # C first in the prior order: it would be deployed, so it is run
+    assert path_c_decision(nano, 0.80, REF, {**T, "prior_order": ["C", "B", "A"]}, hold_out=False).outcome == "run_c"
+    assert path_c_decision(nano, 0.80, REF, {**T, "prior_order": ["A", "C", "B"]}, hold_out=False).outcome == "skip_c"
+    # at the floor, no hold-out: the same
+    assert path_c_decision("last_lite_small", 0.85, {**REF, "top1": 0.87}, T, hold_out=False).outcome == "skip_c"
+    # which records give a hold-out the deploy rule can rank on
+    assert usable_hold_out(scored(0.9)) and not usable_hold_out(scored(None, 0))
+    assert not usable_hold_out(scored(0.9, val_is_test=True)) and not usable_hold_out(scored(None))
 
 
 def scored(score, val_size=2000, rule="last", **extra):
