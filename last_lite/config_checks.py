@@ -420,12 +420,19 @@ def flatten_config(obj: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: obj}
 
 
+def differing_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[list[str], dict, dict]:
+    """The dotted keys whose values differ between two nested configs (a key only one has counts),
+    sorted, with both flattened configs."""
+    a, b = flatten_config(dict(old)), flatten_config(dict(new))
+    return sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>")), a, b
+
+
 def computed_differences(saved: Mapping[str, Any], current: Mapping[str, Any], limit: int = 12) -> list[str]:
     """The keys, execution keys aside, where two resolved run configs differ (``key: saved vs now``):
     what would make a resumed run a mix of two experiments."""
-    a, b = flatten_config(dict(saved)), flatten_config(dict(current))
+    keys, a, b = differing_keys(saved, current)
     return [f"{k}: {a.get(k, '<absent>')!r} vs now {b.get(k, '<absent>')!r}"
-            for k in sorted(set(a) | set(b)) if not is_execution_key(k) and a.get(k, "<absent>") != b.get(k, "<absent>")][:limit]
+            for k in keys if not is_execution_key(k)][:limit]
 
 
 #: command -> {former group: the group@package it became}: only the choice (``student=x``) is

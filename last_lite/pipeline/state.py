@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from last_lite.config_checks import current_spelling, flatten_config, former_keys, is_execution_key
+from last_lite.config_checks import current_spelling, differing_keys, flatten_config, former_keys, is_execution_key
 from last_lite.io import atomic_write_json, process_start_id, same_process_alive
 
 log = logging.getLogger("last_lite.pipeline")
@@ -252,8 +252,7 @@ def changed_keys(old: Mapping[str, Any] | None, new: Mapping[str, Any], limit: i
     """The identity entries that differ (why a finished stage is stale)."""
     if not old:
         return []
-    a, b = flatten_config(dict(old)), flatten_config(dict(new))
-    return sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))[:limit]
+    return differing_keys(old, new)[0][:limit]
 
 
 def _same_weights(a: Path, b: Path) -> bool:

@@ -167,33 +167,31 @@ def path_c_decision(student: str, student_top1: float | None, reference: Mapping
                         f"test top-1 {pct(student_top1)} is at or above the reference "
                         f"({ref_name}: {pct(ref_top1)}): Path C skipped", values)
     if gap > _r(gap_max):
-        return _unless_undeployable(Decision(
-            f"path_C:{student}", question, "run_c",
-            f"test top-1 {pct(student_top1)} is {pts(gap)} below the reference ({ref_name}: {pct(ref_top1)}), "
-            f"more than {pts(gap_max)}: run Path C", values), thresholds, hold_out)
+        return _run_c(student, question, f"test top-1 {pct(student_top1)} is {pts(gap)} below the reference "
+                      f"({ref_name}: {pct(ref_top1)}), more than {pts(gap_max)}", values, thresholds, hold_out)
     if floor is not None and _r(student_top1) <= _r(floor):
-        return _unless_undeployable(Decision(
-            f"path_C:{student}", question, "run_c",
-            f"test top-1 {pct(student_top1)} is within {pts(gap_max)} of the reference ({ref_name}: "
-            f"{pct(ref_top1)}) but at or below this student's floor {pct(floor)}: run Path C", values),
-            thresholds, hold_out)
+        return _run_c(student, question, f"test top-1 {pct(student_top1)} is within {pts(gap_max)} of the "
+                      f"reference ({ref_name}: {pct(ref_top1)}) but at or below this student's floor {pct(floor)}",
+                      values, thresholds, hold_out)
     floor_text = "" if floor is None else f" and above its floor {pct(floor)}"
     return Decision(f"path_C:{student}", question, "skip_c",
                     f"test top-1 {pct(student_top1)} is {pts(gap)} below the reference "
                     f"({ref_name}: {pct(ref_top1)}), within {pts(gap_max)}{floor_text}: Path C skipped", values)
 
 
-def _unless_undeployable(run_c: Decision, thresholds: Mapping[str, Any], hold_out: bool) -> Decision:
-    """``run_c`` as it is, or skip_c when without a hold-out the prior order puts A or B first."""
+def _run_c(student: str, question: str, why: str, values: dict[str, Any], thresholds: Mapping[str, Any],
+           hold_out: bool) -> Decision:
+    """Path C called for (``why``): run_c, or skip_c when without a hold-out the prior order puts A
+    or B before C, so that the deploy rule could never pick it."""
     prior = _list(thresholds.get("prior_order", DEFAULT_PRIOR_ORDER))
     ahead = [p for p in prior[:prior.index("C")] if p in ("A", "B")] if "C" in prior else []
-    run_c.values["hold_out"] = hold_out
+    values["hold_out"] = hold_out
     if hold_out or not ahead:
-        return run_c
-    return Decision(run_c.id, run_c.question, "skip_c",
-                    f"{run_c.reason.removesuffix(': run Path C')}, but without a hold-out that ranks the "
-                    f"paths prior_order {prior} deploys {ahead[0]} ahead of C, so C could never be deployed: "
-                    f"Path C skipped (put C first in tree.thresholds.prior_order to run it)", run_c.values)
+        return Decision(f"path_C:{student}", question, "run_c", f"{why}: run Path C", values)
+    return Decision(f"path_C:{student}", question, "skip_c",
+                    f"{why}, but without a hold-out that ranks the paths prior_order {prior} deploys "
+                    f"{ahead[0]} ahead of C, so C could never be deployed: Path C skipped (put C first in "
+                    f"tree.thresholds.prior_order to run it)", values)
 
 
 def usable_hold_out(metrics: Mapping[str, Any]) -> bool:
@@ -438,8 +436,7 @@ class Tree:
             decision = self.decide(path_c_decision(student, distilled.get("top1"), reference, self.thresholds,
                                                    hold_out=usable_hold_out(distilled)))
             infos[student]["path_c"] = decision.outcome
-            candidates[student] = {"A": self.state.metrics(a[student].name),
-                                   "B": self.state.metrics(b[student].name)}
+            candidates[student] = {"A": self.state.metrics(a[student].name), "B": distilled}
         path_c = [s for s in students if infos[s]["path_c"] == "run_c"]
         pretrain = {s: self.pretrain_stage(s) for s in path_c}
         self.ensure_all(list(pretrain.values()))

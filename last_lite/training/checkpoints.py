@@ -51,8 +51,8 @@ def newest_checkpoint(candidates: list[Path]) -> Path | None:
     """Of the checkpoints that exist among ``candidates``, the one furthest on (its global step),
     e.g. the epoch-end ``last.ckpt`` or a later every-N-steps ``step.ckpt``; None when none exists."""
     present = [Path(p) for p in candidates if Path(p).is_file()]
-    if not present:
-        return None
+    if len(present) < 2:  # nothing to compare: no checkpoint is read
+        return present[0] if present else None
     return max(present, key=lambda p: int(load_checkpoint(p).get("global_step", 0)))
 
 
