@@ -12,7 +12,7 @@ DATA    ?= synthetic
 EXPERIMENT ?= $(if $(wildcard conf/experiment/$(DATA).yaml),$(DATA))
 RUN     ?= outputs/pipeline/$(or $(EXPERIMENT),$(DATA))
 
-.PHONY: install demo-env lint test demo export pipeline pipeline-status clean
+.PHONY: install demo-env lint test demo export pipeline pipeline-status gains clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,12 @@ export: install
 #                 [ARGS='tree.jobs=2 tree.force=[teacher]']
 pipeline: install
 	$(PY) -m last_lite.pipeline data=$(DATA) $(if $(EXPERIMENT),experiment=$(EXPERIMENT)) hydra.run.dir=$(RUN) $(ARGS)
+
+# The expected-gain tables (each network's paths A, B, C, FT over seeds), resumable: rerun to continue.
+#   make gains DATA=nw_ucla EXPERIMENT=nw_ucla_full [GAINS_RUN=outputs/gains/<experiment>] [ARGS='jobs=2 teacher.ckpt=...']
+GAINS_RUN ?= outputs/gains/$(or $(EXPERIMENT),$(DATA))
+gains: install
+	$(PY) -m last_lite.pipeline.gains data=$(DATA) $(if $(EXPERIMENT),experiment=$(EXPERIMENT)) hydra.run.dir=$(GAINS_RUN) $(ARGS)
 
 # Where that run stands, stage by stage (also while it runs): make pipeline-status [RUN=...]
 pipeline-status: install

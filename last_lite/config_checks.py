@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 import logging
 import math
+import os
 from typing import Any, Callable, Iterable, Mapping
 
 __all__ = ["ConfigError", "DATA_TARGETS", "RENAMED_CHOICES", "RENAMED_GROUPS", "check_targets",
@@ -372,14 +373,16 @@ def override_hints(config_name: str, argv: list[str]) -> list[str]:
             continue
     if not known:
         return []
-    top = {k for k in known if "." not in k}
+    # a group choice names a key (``model=``) or a conf/ group folder (``experiment=``, a
+    # ``# @package _global_`` preset; ``model@teacher=``, a group under another package)
+    top = {k for k in known if "." not in k} | {p.name for p in Path(conf).iterdir() if p.is_dir()}
     lines = []
     for key in keys:
         if key in known:
             continue
         lines.append(f"hint: {key} is not a key of the {config_name} config{did_you_mean(key, known)}")
     for arg in groups:
-        key = arg.split("=", 1)[0]
+        key = arg.split("=", 1)[0].split("@", 1)[0]
         if key not in top and key != "hydra":
             lines.append(f"hint: {key} is not a key of the {config_name} config{did_you_mean(key, top)}")
     return lines
@@ -429,10 +432,32 @@ def differing_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[list
 
 def computed_differences(saved: Mapping[str, Any], current: Mapping[str, Any], limit: int = 12) -> list[str]:
     """The keys, execution keys aside, where two resolved run configs differ (``key: saved vs now``):
-    what would make a resumed run a mix of two experiments."""
-    keys, a, b = differing_keys(saved, current)
+    what would make a resumed run a mix of two experiments. Paths inside the saved run folder are
+    read as inside the current one (a folder moved or copied elsewhere resumes)."""
+    a, b = flatten_config(dict(saved)), flatten_config(dict(current))
+    old_dir, new_dir = a.get("paths.output_dir"), b.get("paths.output_dir")
+    if isinstance(old_dir, str) and isinstance(new_dir, str) and old_dir != new_dir:  # a moved run folder
+        a = {k: new_dir + v[len(old_dir):] if isinstance(v, str) and (v == old_dir or v.startswith(old_dir + "/"))
+             else v for k, v in a.items()}
+    keys = sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
     return [f"{k}: {a.get(k, '<absent>')!r} vs now {b.get(k, '<absent>')!r}"
-            for k in keys if not is_execution_key(k)][:limit]
+            for k in keys if not is_execution_key(k) and not _auto_resumes_as_saved(k, b.get(k))
+            and not _same_file(a.get(k), b.get(k))][:limit]
+
+
+def _same_file(a: Any, b: Any) -> bool:
+    """Two path values naming one existing file or folder (a run folder reached through a link,
+    a checkpoint given relative to the working directory once and absolute the next time)."""
+    try:
+        return isinstance(a, str) and isinstance(b, str) and os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
+
+
+def _auto_resumes_as_saved(key: str, value: Any) -> bool:
+    """``precision: auto`` resumes in the precision the checkpoint was trained in
+    (last_lite/training/precision.py), so it agrees with whatever the saved run used."""
+    return key.rsplit(".", 1)[-1] == "precision" and value == "auto"
 
 
 #: command -> {former group: the group@package it became}: only the choice (``student=x``) is

@@ -30,7 +30,7 @@ from last_lite.training.runner import build_callbacks
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # What each root config needs on the command line (its `???` values).
 REQUIRED = {"train": [], "distill": ["teacher.ckpt=x.ckpt"], "pretrain": [], "probe": [],
-            "evaluate": ["ckpt=x.ckpt"], "export": ["ckpt=x.ckpt"], "pipeline": [],
+            "evaluate": ["ckpt=x.ckpt"], "export": ["ckpt=x.ckpt"], "pipeline": [], "gains": [],
             "prepare": ["raw_dir=raw", "out_dir=out"]}
 
 

@@ -138,12 +138,14 @@ def apply_thread_count(cfg: DictConfig) -> int:
 RESUME_NEWEST = "last"
 
 
-def resume_newest(cfg: DictConfig, output_dir: Path) -> dict | None:
+def resume_newest(cfg: DictConfig, output_dir: Path,
+                  complete: Callable[[dict], bool] | None = None) -> dict | None:
     """``ckpt_path=last``: the same command run again picks up where it stopped, so a sweep (``-m``
     with a fixed ``hydra.sweep.dir``) or a queue of runs is resumed by rerunning it. Sets
     ``cfg.ckpt_path`` to this run folder's newest checkpoint (None before its first: a fresh start)
-    and returns the record of a run that already finished (its metrics.json), which is not rerun.
-    A folder whose config.yaml holds another experiment is refused: resuming would mix the two."""
+    and returns the record of a run that already finished (its metrics.json, and ``complete(record)``
+    where given), which is not rerun. A folder whose config.yaml holds another experiment is
+    refused: resuming would mix the two."""
     saved = output_dir / "config.yaml"
     if saved.is_file():
         differences = computed_differences(yaml.safe_load(saved.read_text(encoding="utf-8")) or {},
@@ -153,8 +155,11 @@ def resume_newest(cfg: DictConfig, output_dir: Path) -> dict | None:
                              + "; ".join(differences) + "). Choose another hydra.run.dir, or resume "
                              "with a changed config on purpose with ckpt_path=<its checkpoint file>")
         if (output_dir / "metrics.json").is_file():
-            log.info("ckpt_path=last: %s has finished (metrics.json); nothing to do", output_dir)
-            return json.loads((output_dir / "metrics.json").read_text(encoding="utf-8"))
+            record = json.loads((output_dir / "metrics.json").read_text(encoding="utf-8"))
+            if complete is None or complete(record):
+                log.info("ckpt_path=last: %s has finished (metrics.json); nothing to do", output_dir)
+                return record
+            log.info("ckpt_path=last: %s finished training but not its last step; completing it", output_dir)
     checkpoints = [Path(spec.dirpath) / f"{spec.filename}.ckpt"
                    for name in ("last_checkpoint", "step_checkpoint")
                    if (spec := (cfg.get("callbacks") or {}).get(name)) is not None]
@@ -165,16 +170,19 @@ def resume_newest(cfg: DictConfig, output_dir: Path) -> dict | None:
     return None
 
 
-def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str, model_key: str = "model") -> dict:
+def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str, model_key: str = "model",
+              complete: Callable[[dict], bool] | None = None) -> dict:
     """Fit the phase module, test the checkpoint chosen on validation, write metrics.json.
 
-    ``model_key`` names the config group of the network being trained (``student`` in Path B).
+    ``model_key`` names the config group of the network being trained (``student`` in Path B);
+    ``complete``: whether a metrics.json record is of a finished run (``ckpt_path=last``), for a
+    command that writes more after this function returns.
     """
     validate_run_config(cfg, command)  # again per job: a sweep's values are set only here
     started = time.time()
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.get("ckpt_path") == RESUME_NEWEST and (finished := resume_newest(cfg, output_dir)) is not None:
+    if cfg.get("ckpt_path") == RESUME_NEWEST and (finished := resume_newest(cfg, output_dir, complete)) is not None:
         return finished
     threads = apply_thread_count(cfg)
     # config.yaml keeps the requested precision (``auto`` stays comparable across machines, e.g. for

@@ -12,7 +12,8 @@ from hydra import compose, initialize_config_dir
 
 from reliability_support import REPO, env_for_subprocess
 
-from last_lite.config_checks import ConfigError, did_you_mean, override_hints, validate_run_config
+from last_lite.config_checks import (ConfigError, computed_differences, did_you_mean, override_hints,
+                                     validate_run_config)
 
 CONF = REPO / "conf"
 COMMANDS = ["train", "distill", "pretrain", "probe", "evaluate", "export", "prepare", "pipeline"]
@@ -88,8 +89,18 @@ def test_a_misspelt_override_key_gets_did_you_mean(tmp_path):
     assert any("trainer.max_epochs" in h for h in hints)
     assert any("model" in h for h in hints if h.startswith("hint: modle"))
     assert not any("optim.lr " in h or "hydra" in h for h in hints)
+    # a preset (a _global_ package) and a group under another package are choices, not unknown keys
+    assert override_hints("train", ["experiment=nw_ucla_full", "model=last_lite_nano"]) == []
+    assert override_hints("distill", ["model@teacher=last_e_v3_base", "kd=nano"]) == []
     proc = subprocess.run([sys.executable, "-m", "last_lite.train", "data.clip_lenn=3",
                            f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=env_for_subprocess(),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "did you mean: data.clip_len" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_resuming_a_run_compares_what_it_computes_and_auto_precision_agrees_with_any():
+    saved = {"trainer": {"precision": "32-true"}, "optim": {"lr": 0.1}, "threads": 1}
+    assert computed_differences(saved, {"trainer": {"precision": "auto"}, "optim": {"lr": 0.1}, "threads": 2}) == []
+    assert computed_differences(saved, {"trainer": {"precision": "bf16-mixed"}, "optim": {"lr": 0.01}}) == [
+        "optim.lr: 0.1 vs now 0.01", "trainer.precision: '32-true' vs now 'bf16-mixed'"]

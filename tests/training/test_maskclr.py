@@ -1,6 +1,8 @@
 """Path C (MaskCLR pretraining): losses, training steps, the Hydra entry and the saved encoder."""
 
+import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -191,3 +193,23 @@ def test_resumed_pretraining_reproduces_the_uninterrupted_run(pretrain_run, tmp_
     assert a.keys() == b.keys() and any(k.startswith("decoder.") for k in a)
     for key, value in a.items():
         assert torch.equal(value, b[key]), key
+
+
+def test_ckpt_path_last_completes_a_pretraining_cut_off_before_its_encoder_and_skips_a_done_one(pretrain_run, tmp_path):
+    """metrics.json is written before the encoder: a run cut off between the two is not finished.
+    (In a copy of the run folder: a folder moved elsewhere resumes too.)"""
+    run_dir = tmp_path / "run"
+    shutil.copytree(pretrain_run, run_dir)
+    record = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("encoder", "encoder_tensors", "bn_recalibration_batches", "final", "pretrain"):
+        record.pop(key)
+    (run_dir / "metrics.json").write_text(json.dumps(record))  # as run_phase leaves it
+    (run_dir / "encoder.safetensors").unlink()
+    resumed = run_command("pretrain", [*KEEP_ALL, "ckpt_path=last"], run_dir)
+    assert "completing it" in resumed.stderr + resumed.stdout
+    metrics = read_metrics(run_dir)
+    assert metrics["encoder"] == str(run_dir / "encoder.safetensors") and metrics["epochs"] == 2
+    assert (run_dir / "encoder.safetensors").is_file()
+    done = (run_dir / "metrics.json").read_bytes()
+    again = run_command("pretrain", [*KEEP_ALL, "ckpt_path=last"], run_dir)
+    assert "nothing to do" in again.stderr + again.stdout and (run_dir / "metrics.json").read_bytes() == done

@@ -33,7 +33,11 @@ def run(cfg: DictConfig) -> dict:
         built["module"] = module
         return module
 
-    record = run_phase(cfg, build, command="pretrain")
+    # metrics.json is written by run_phase, then again naming the encoder: only then is a run done
+    record = run_phase(cfg, build, command="pretrain",
+                       complete=lambda r: bool(r.get("encoder")) and Path(r["encoder"]).is_file())
+    if "module" not in built:  # ckpt_path=last on a finished run: nothing was built
+        return record
     module = built["module"]
     trainer = module.trainer
     model = module.model

@@ -1,0 +1,131 @@
+"""The expected-gain grid (``python -m last_lite.pipeline.gains``): its jobs, their order and
+inputs, a real run on a tiny synthetic set, the rerun that reads instead of retraining, and a
+failure that blocks only what needs it."""
+
+import contextlib
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import TINY_DATA, run_command
+from last_lite.pipeline.gains import Grid, build_jobs
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = [*TINY_DATA, "trainer.max_epochs=1", "data.source.num_classes=4", "threads=1"]
+NANO = "last_lite_nano"
+
+
+def _hydra_list(items) -> str:
+    return "[" + ",".join(f'"{i}"' for i in items) + "]"
+
+
+def compose(run_dir: Path, *overrides: str):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return hydra_compose("gains", overrides=[f"run_dir={run_dir}", *overrides])
+
+
+# the nano student distilled from its own standalone run (seed 0): the grid trains its teacher
+TINY_GRID = [f"overrides={_hydra_list(TINY)}", f"teacher.model={NANO}", "~networks.last_lite_small",
+             "~networks.last_e_v3_base", "seeds=[0]"]
+
+
+def grid(run_dir: Path, *overrides: str) -> Grid:
+    with contextlib.chdir(REPO):
+        return Grid(compose(run_dir, *TINY_GRID, *overrides), run_dir, REPO)
+
+
+def test_the_default_grid_has_every_cell_of_the_issue_seed_by_seed(tmp_path):
+    jobs = build_jobs(compose(tmp_path, "stage_choices.data=nw_ucla"))
+    names = [job.name for job in jobs]
+    assert names[0] == "last_e_v3_base/A_s0"  # the teacher first: every B and C needs it
+    assert len(names) == len(set(names)) == 2 * 3 * 5 + 2 * 3  # students A B P C FT x3, base A P FT x2
+    assert [job.seed for job in jobs[1:]] == sorted(job.seed for job in jobs[1:])
+    by_name = {job.name: job for job in jobs}
+    c = by_name["last_lite_nano/C_s2"]
+    assert c.command == "distill" and c.needs == {"teacher.ckpt": "last_e_v3_base/A_s0",
+                                                 "init_from": "last_lite_nano/P_s2"}
+    assert "kd=nano" in c.overrides and "model@student=last_lite_nano" in c.overrides
+    assert by_name["last_lite_small/FT_s1"].needs == {"init_from": "last_lite_small/P_s1"}
+    assert by_name["last_e_v3_base/FT_s1"].command == "train" and "last_e_v3_base/A_s2" not in by_name
+    assert all("data=nw_ucla" in job.overrides for job in jobs)
+    for job in jobs:  # what a job needs comes before it
+        assert all(names.index(source) < names.index(job.name) for source in job.needs.values())
+
+
+def test_a_given_teacher_checkpoint_is_passed_and_bad_grids_fail_with_the_reason(tmp_path):
+    jobs = build_jobs(compose(tmp_path, "teacher.ckpt=zoo/t.safetensors", "~networks.last_e_v3_base"))
+    b = next(job for job in jobs if job.cell == "B")
+    assert "teacher.ckpt=zoo/t.safetensors" in b.overrides and b.needs == {}
+    with pytest.raises(ValueError, match="list network last_e_v3_base with cell A"):
+        build_jobs(compose(tmp_path, "~networks.last_e_v3_base"))
+    with pytest.raises(ValueError, match=r"unknown cells \['D'\]"):
+        build_jobs(compose(tmp_path, "networks.last_lite_nano.cells=[A,D]"))
+    proc = run_command("pipeline.gains", ["networks.last_lite_nano.cells=[A,D]", "dry_run=true"],
+                       tmp_path / "cli", check=False)
+    assert proc.returncode != 0 and "unknown cells ['D']" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> dict:
+    run_dir = tmp_path_factory.mktemp("gains") / "run"
+    g = grid(run_dir)
+    with contextlib.chdir(REPO):
+        status = g.run(jobs=2)
+    return {"dir": run_dir, "status": status, "report": json.loads((run_dir / "gains.json").read_text())}
+
+
+def test_the_grid_runs_each_cell_from_its_inputs_and_reports_their_metrics(finished):
+    run_dir = finished["dir"]
+    assert finished["status"] == {f"{NANO}/{c}_s0": "done" for c in ("A", "B", "P", "C", "FT")}
+
+    def config(cell):
+        return yaml.safe_load((run_dir / NANO / f"{cell}_s0" / "config.yaml").read_text())
+
+    def metrics(cell):
+        return json.loads((run_dir / NANO / f"{cell}_s0" / "metrics.json").read_text())
+
+    assert Path(config("B")["teacher"]["ckpt"]) == Path(metrics("A")["checkpoint"])
+    encoder = run_dir / NANO / "P_s0" / "encoder.safetensors"
+    assert encoder.is_file()
+    assert Path(config("C")["init_from"]) == Path(config("FT")["init_from"]) == encoder
+    assert Path(config("C")["teacher"]["ckpt"]) == Path(metrics("A")["checkpoint"])
+    rows = {row["cell"]: row for row in finished["report"]["cells"]}
+    for cell in ("A", "B", "C", "FT"):
+        assert rows[cell]["top1_by_seed"] == {"0": pytest.approx(100 * metrics(cell)["top1"])}
+    diffs = {d["difference"]: d for d in finished["report"]["differences"]}
+    assert diffs["C - B"]["mean"] == pytest.approx(100 * (metrics("C")["top1"] - metrics("B")["top1"]))
+    assert diffs["FT - A"]["pairs"] == 1 and diffs["FT - A"]["t"] is None  # one pair: no t
+    md = (run_dir / "gains.md").read_text()
+    assert f"| {NANO} | C | MaskCLR-pretrained, then distilled | 86-88 |" in md and "Not finished" not in md
+
+
+def test_a_rerun_reads_every_finished_job_and_refuses_a_changed_config(finished, tmp_path):
+    run_dir = finished["dir"]
+    before = {p: p.read_bytes() for p in run_dir.glob(f"{NANO}/*/metrics.json")}
+    with contextlib.chdir(REPO):
+        assert set(grid(run_dir).run(jobs=2).values()) == {"done"}
+    assert {p: p.read_bytes() for p in run_dir.glob(f"{NANO}/*/metrics.json")} == before
+    log = (run_dir / "logs" / f"{NANO}_C_s0.log").read_text()
+    assert "nothing to do" in log
+    # another learning rate: each job's command refuses its folder, nothing is overwritten
+    changed = grid(run_dir, f"networks.{NANO}.overrides={_hydra_list(['optim.lr=0.01'])}", f"networks.{NANO}.cells=[A]")
+    with contextlib.chdir(REPO):
+        assert changed.run(jobs=1) == {f"{NANO}/A_s0": "failed"}
+    assert "holds a run of another config (optim.lr" in (run_dir / "logs" / f"{NANO}_A_s0.log").read_text()
+    assert {p: p.read_bytes() for p in run_dir.glob(f"{NANO}/*/metrics.json")} == before
+
+
+def test_a_failed_pretraining_blocks_only_the_cells_that_start_from_it(tmp_path):
+    run_dir = tmp_path / "run"
+    g = grid(run_dir, f"networks.{NANO}.cells=[FT]", f"pretrain_overrides={_hydra_list(['maskclr.mask_ratio=2.0'])}",
+             f"teacher.ckpt={tmp_path / 'unused.ckpt'}")
+    with contextlib.chdir(REPO):
+        status = g.run(jobs=1)
+    assert status == {f"{NANO}/P_s0": "failed", f"{NANO}/FT_s0": "blocked"}
+    assert "mask_ratio" in (run_dir / "logs" / f"{NANO}_P_s0.log").read_text()
+    assert json.loads((run_dir / "gains.json").read_text())["jobs"] == status
