@@ -322,6 +322,10 @@ def main(cfg: DictConfig) -> None:
     if cfg.dry_run:
         print("\n".join(grid.dry_run()))
         return
+    if cfg.report_only:
+        grid.write_report()
+        print((run_dir / "gains.md").read_text(encoding="utf-8"))
+        return
     status = grid.run(int(cfg.jobs))
     print((run_dir / "gains.md").read_text(encoding="utf-8"))
     failed = sorted(name for name, s in status.items() if s != "done")

@@ -118,6 +118,11 @@ def test_a_rerun_reads_every_finished_job_and_refuses_a_changed_config(finished,
         assert changed.run(jobs=1) == {f"{NANO}/A_s0": "failed"}
     assert "holds a run of another config (optim.lr" in (run_dir / "logs" / f"{NANO}_A_s0.log").read_text()
     assert {p: p.read_bytes() for p in run_dir.glob(f"{NANO}/*/metrics.json")} == before
+    # report_only tabulates the finished jobs and runs nothing
+    (run_dir / "gains.md").unlink()
+    shown = run_command("pipeline.gains", [*TINY_GRID, "report_only=true"], run_dir)
+    assert f"| {NANO} | FT | MaskCLR-pretrained, then fine-tuned |" in shown.stdout
+    assert (run_dir / "gains.md").read_text() in shown.stdout
 
 
 def test_a_failed_pretraining_blocks_only_the_cells_that_start_from_it(tmp_path):
