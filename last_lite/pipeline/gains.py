@@ -94,12 +94,11 @@ def build_jobs(cfg: DictConfig) -> list[Job]:
             raise ValueError(f"networks.{name}.cells: unknown cells {unknown}; choose from {list(CELLS)}")
         seeds = [int(s) for s in (spec.get("seeds") or cfg.seeds)]
         own = [*common, *_list(spec.get("overrides"))]
+        distill = [f"model@teacher={teacher.model}", *_list(teacher.get("overrides")),
+                   *([f"teacher.ckpt={teacher.ckpt}"] if teacher_job is None else []),
+                   f"model@student={name}", *([f"kd={spec.kd}"] if spec.get("kd") else []), *own]
+        teacher_need = {} if teacher_job is None else {"teacher.ckpt": teacher_job}
         for seed in seeds:
-            distill = [f"model@teacher={teacher.model}", *_list(teacher.get("overrides")),
-                       f"model@student={name}", *([f"kd={spec.kd}"] if spec.get("kd") else []), *own]
-            teacher_need = {} if teacher_job is None else {"teacher.ckpt": teacher_job}
-            if teacher_job is None:
-                distill.insert(1, f"teacher.ckpt={teacher.ckpt}")
             pretrained = {"init_from": f"{name}/P_s{seed}"}
             planned = {"A": ([f"model={name}", *own], {}),
                        "B": (distill, teacher_need),
