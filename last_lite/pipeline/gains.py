@@ -17,7 +17,7 @@ cell ``A``). Each job runs ``python -m last_lite.<command> ... seed=<s> ckpt_pat
 its newest checkpoint and reads a finished one (the command refuses a folder holding a run of
 another config), so a finished run made elsewhere joins the grid by linking its folder there.
 ``jobs`` run side by side, each with ``threads=<cores / jobs>``; a failed job blocks only the jobs
-that need its output. After each job, ``gains.md`` and ``gains.json`` in the run folder give every
+that need its output; one grid runs in a folder at a time (``.gains.lock``). After each job, ``gains.md`` and ``gains.json`` in the run folder give every
 cell's test top-1 by seed, mean and sd next to the note's prediction, and the paired differences
 B - A, C - B, C - A and FT - A with their t statistics. Exit status 1 when a job failed.
 """
@@ -39,7 +39,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from last_lite.io import atomic_write_text
+from last_lite.io import FileLock, LockHeld, atomic_write_text
 from last_lite.pipeline.state import (available_cores, last_logged_epoch, pretrain_outputs,
                                       training_outputs)
 from last_lite.summarize import Cell, paired_difference
@@ -325,7 +325,11 @@ def main(cfg: DictConfig) -> None:
         grid.write_report()
         print((run_dir / "gains.md").read_text(encoding="utf-8"))
         return
-    status = grid.run(int(cfg.jobs))
+    try:
+        with FileLock(run_dir / ".gains.lock", wait=False, what="another gains run"):
+            status = grid.run(int(cfg.jobs))
+    except LockHeld as exc:  # two grids in one folder would start the same jobs twice
+        raise SystemExit(f"error: {exc}: it is running in {run_dir}") from None
     print((run_dir / "gains.md").read_text(encoding="utf-8"))
     failed = sorted(name for name, s in status.items() if s != "done")
     if failed:

@@ -118,6 +118,12 @@ def test_a_rerun_reads_every_finished_job_and_refuses_a_changed_config(finished,
         assert changed.run(jobs=1) == {f"{NANO}/A_s0": "failed"}
     assert "holds a run of another config (optim.lr" in (run_dir / "logs" / f"{NANO}_A_s0.log").read_text()
     assert {p: p.read_bytes() for p in run_dir.glob(f"{NANO}/*/metrics.json")} == before
+    # one grid per folder: a second one is refused while the first holds the lock
+    from last_lite.io import FileLock
+
+    with FileLock(run_dir / ".gains.lock"):
+        refused = run_command("pipeline.gains", TINY_GRID, run_dir, check=False)
+    assert refused.returncode != 0 and "another gains run" in refused.stderr and "Traceback" not in refused.stderr
     # report_only tabulates the finished jobs and runs nothing
     (run_dir / "gains.md").unlink()
     shown = run_command("pipeline.gains", [*TINY_GRID, "report_only=true"], run_dir)
