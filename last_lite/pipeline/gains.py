@@ -92,7 +92,9 @@ def build_jobs(cfg: DictConfig) -> list[Job]:
         unknown = sorted(set(cells) - set(CELLS))
         if unknown:
             raise ValueError(f"networks.{name}.cells: unknown cells {unknown}; choose from {list(CELLS)}")
-        seeds = [int(s) for s in (spec.get("seeds") or cfg.seeds)]
+        seeds = [int(s) for s in (spec.get("seeds") or cfg.seeds or [])]
+        if not seeds:
+            raise ValueError(f"network {name} has no seeds: set seeds (e.g. seeds=[0,1,2]) or networks.{name}.seeds")
         own = [*common, *_list(spec.get("overrides"))]
         distill = [f"model@teacher={teacher.model}", *_list(teacher.get("overrides")),
                    *([f"teacher.ckpt={teacher.ckpt}"] if teacher_job is None else []),
@@ -314,6 +316,8 @@ def main(cfg: DictConfig) -> None:
             if choices.get(group) is not None:
                 cfg.stage_choices[group] = choices[group]
     run_dir = Path(str(cfg.run_dir)).expanduser().resolve()
+    if not isinstance(cfg.jobs, int) or cfg.jobs < 1:
+        raise SystemExit(f"error: jobs must be a whole number >= 1 (jobs side by side), got {cfg.jobs!r}")
     try:
         grid = Grid(cfg, run_dir, Path.cwd())
     except ValueError as exc:
@@ -327,7 +331,7 @@ def main(cfg: DictConfig) -> None:
         return
     try:
         with FileLock(run_dir / ".gains.lock", wait=False, what="another gains run"):
-            status = grid.run(int(cfg.jobs))
+            status = grid.run(cfg.jobs)
     except LockHeld as exc:  # two grids in one folder would start the same jobs twice
         raise SystemExit(f"error: {exc}: it is running in {run_dir}") from None
     print((run_dir / "gains.md").read_text(encoding="utf-8"))

@@ -65,9 +65,13 @@ def test_a_given_teacher_checkpoint_is_passed_and_bad_grids_fail_with_the_reason
         build_jobs(compose(tmp_path, "~networks.last_e_v3_base"))
     with pytest.raises(ValueError, match=r"unknown cells \['D'\]"):
         build_jobs(compose(tmp_path, "networks.last_lite_nano.cells=[A,D]"))
+    with pytest.raises(ValueError, match="network last_lite_small has no seeds"):
+        build_jobs(compose(tmp_path, "seeds=[]"))
     proc = run_command("pipeline.gains", ["networks.last_lite_nano.cells=[A,D]", "dry_run=true"],
                        tmp_path / "cli", check=False)
     assert proc.returncode != 0 and "unknown cells ['D']" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_command("pipeline.gains", ["jobs=0"], tmp_path / "cli", check=False)
+    assert proc.returncode != 0 and "jobs must be a whole number >= 1" in proc.stderr
 
 
 @pytest.fixture(scope="module")
