@@ -34,7 +34,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from last_lite.pipeline.state import (AdoptionRefused, Lock, PipelineState, Stage, StageFailed,
-                                      StageRunner, now)
+                                      StageRunner, now, take_stage_choices)
 from last_lite.pipeline.tree import CONF_DIR, Tree
 
 log = logging.getLogger("last_lite.pipeline")
@@ -166,13 +166,7 @@ def _print_summary(report: dict[str, Any]) -> None:
 
 @hydra.main(config_path="../../conf", config_name="pipeline", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
-    choices = HydraConfig.get().runtime.choices
-    with open_dict(cfg):
-        for group in ("data", "experiment"):
-            if choices.get(group) is not None:
-                cfg.stage_choices[group] = choices[group]
+    take_stage_choices(cfg)
     report = run(cfg)
     if report["status"] == "failed":
         raise SystemExit(1)

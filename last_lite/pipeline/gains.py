@@ -37,11 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from last_lite.io import FileLock, LockHeld, atomic_write_text
-from last_lite.pipeline.state import (available_cores, last_logged_epoch, pretrain_outputs,
-                                      training_outputs)
+from last_lite.pipeline.state import (available_cores, interrupt, last_logged_epoch, pretrain_outputs,
+                                      take_stage_choices, training_outputs)
 from last_lite.summarize import Cell, paired_difference
 
 log = logging.getLogger("last_lite.pipeline.gains")
@@ -172,7 +172,7 @@ class Grid:
         threads = max(1, available_cores() // max(1, jobs))
         pending = list(self.jobs)
         running: dict[str, tuple[subprocess.Popen, float]] = {}
-        previous = signal.signal(signal.SIGTERM, _interrupt)
+        previous = signal.signal(signal.SIGTERM, interrupt)
         last_progress = time.monotonic()
         try:
             while pending or running:
@@ -302,19 +302,9 @@ def render(record: dict, seeds: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 @hydra.main(config_path="../../conf", config_name="gains", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
-    choices = HydraConfig.get().runtime.choices
-    with open_dict(cfg):
-        for group in ("data", "experiment"):
-            if choices.get(group) is not None:
-                cfg.stage_choices[group] = choices[group]
+    take_stage_choices(cfg)
     run_dir = Path(str(cfg.run_dir)).expanduser().resolve()
     if not isinstance(cfg.jobs, int) or cfg.jobs < 1:
         raise SystemExit(f"error: jobs must be a whole number >= 1 (jobs side by side), got {cfg.jobs!r}")

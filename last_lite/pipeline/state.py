@@ -212,8 +212,22 @@ class Lock:
         self._lock.__exit__(*exc)
 
 
-def _interrupt(signum, frame):
+def interrupt(signum, frame):
+    """A signal handler: SIGTERM (a session's end) unwinds like Ctrl-C, so children are ended."""
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def take_stage_choices(cfg) -> None:
+    """Record this Hydra run's ``data=`` / ``experiment=`` choices in ``cfg.stage_choices``: their
+    names are passed on to every command the pipeline (or the gains grid) runs."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    choices = HydraConfig.get().runtime.choices
+    with open_dict(cfg):
+        for group in ("data", "experiment"):
+            if choices.get(group) is not None:
+                cfg.stage_choices[group] = choices[group]
 
 
 def run_subprocess(argv: Sequence[str], log_path: Path, cwd: Path, on_start: Callable[[int], None],
@@ -230,7 +244,7 @@ def run_subprocess(argv: Sequence[str], log_path: Path, cwd: Path, on_start: Cal
         on_start(proc.pid)
         previous = signal.getsignal(signal.SIGTERM)
         try:
-            signal.signal(signal.SIGTERM, _interrupt)
+            signal.signal(signal.SIGTERM, interrupt)
         except ValueError:  # not the main thread
             previous = None
         try:
@@ -578,7 +592,7 @@ class StageRunner:
         previous = signal.getsignal(signal.SIGTERM)
         main_thread = threading.current_thread() is threading.main_thread()
         if main_thread:  # as run_subprocess does for one stage: SIGTERM unwinds, children are ended
-            signal.signal(signal.SIGTERM, _interrupt)
+            signal.signal(signal.SIGTERM, interrupt)
         pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="stage")
         futures = [pool.submit(self.ensure, stage, run_args(stage)) for stage in stages]
         try:
