@@ -230,6 +230,8 @@ ALLOWED = {
     ("last_lite/export/quantize.py", "onnx.save(source, str(prep))"): "a work file removed in finally",
     ("last_lite/pipeline/state.py", 'open(log_path, "a" if append else "w"'):
         "a stage's log, streamed while it runs (appended to when the stage resumes)",
+    ("last_lite/pipeline/gains.py", 'open(log_path, "a", encoding="utf-8")'):
+        "a grid job's log, streamed while it runs (appended to when the job resumes)",
     ("last_lite/export/backends/ort.py", "shutil.copyfile(p, stage / p.name)"):
         "the converter's input, inside a TemporaryDirectory",
 }
