@@ -219,6 +219,16 @@ class Grid:
             self.write_report()
         return dict(self.status)
 
+    def job_status(self, job: Job) -> str:
+        """done, failed, blocked (this invocation), or what its folder shows: done, the last epoch
+        a running or cut-off job logged, not run."""
+        if job.name in self.status:
+            return self.status[job.name]
+        if self.finished(job):
+            return "done"
+        epoch = last_logged_epoch(self.job_dir(job))
+        return "not run" if epoch is None else f"at epoch {epoch + 1}"
+
     def log_path(self, job: Job) -> Path:
         return self.run_dir / "logs" / f"{job.name.replace('/', '_')}.log"
 
@@ -268,9 +278,7 @@ class Grid:
                     if diff["pairs"]:
                         differences.append({"network": network, "difference": f"{name} - {reference}", **diff})
         record = {"schema": "last_lite.gains/1", "run_dir": str(self.run_dir), "cells": rows,
-                  "differences": differences, "jobs": {job.name: self.status.get(job.name) or
-                                                       ("done" if self.finished(job) else "not run")
-                                                       for job in self.jobs}}
+                  "differences": differences, "jobs": {job.name: self.job_status(job) for job in self.jobs}}
         atomic_write_text(self.run_dir / "gains.json", json.dumps(record, indent=1) + "\n")
         atomic_write_text(self.run_dir / "gains.md", render(record, seeds))
         return record

@@ -4,6 +4,7 @@ failure that blocks only what needs it."""
 
 import contextlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -133,6 +134,11 @@ def test_a_rerun_reads_every_finished_job_and_refuses_a_changed_config(finished,
     shown = run_command("pipeline.gains", [*TINY_GRID, "report_only=true"], run_dir)
     assert f"| {NANO} | FT | MaskCLR-pretrained, then fine-tuned |" in shown.stdout
     assert (run_dir / "gains.md").read_text() in shown.stdout
+    # a job cut off (or still running) shows the last epoch it logged
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy, symlinks=True)
+    (copy / NANO / "FT_s0" / "metrics.json").unlink()
+    assert grid(copy).write_report()["jobs"][f"{NANO}/FT_s0"] == "at epoch 1"
 
 
 def test_a_failed_pretraining_blocks_only_the_cells_that_start_from_it(tmp_path):
