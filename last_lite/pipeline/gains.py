@@ -144,22 +144,19 @@ class Grid:
             return pretrain_outputs(metrics, folder)["encoder"]
         return training_outputs(metrics, folder)["checkpoint"]
 
-    def argv(self, job: Job, threads: int | None) -> list[str]:
-        filled = [f"{key}={self.output(key, source)}" for key, source in job.needs.items()]
+    def argv(self, job: Job, threads: int | None = None, placeholders: bool = False) -> list[str]:
+        """The job's command line; ``placeholders``: the outputs it needs as ``<job's output>``
+        (for listing the commands before those jobs have run)."""
+        filled = [f"{key}=<{source}'s {'encoder' if key == 'init_from' else 'checkpoint'}>" if placeholders
+                  else f"{key}={self.output(key, source)}" for key, source in job.needs.items()]
         sets_threads = any(o.lstrip("+").startswith("threads=") for o in job.overrides)
         return [self.python, "-m", f"last_lite.{job.command}", *job.overrides, *filled, f"seed={job.seed}",
                 *([] if sets_threads or threads is None else [f"threads={threads}"]),
                 "ckpt_path=last", f"hydra.run.dir={self.job_dir(job)}"]
 
     def dry_run(self) -> list[str]:
-        """The commands in order, outputs of jobs not yet run shown as ``<job's output>``."""
-        lines = []
-        for job in self.jobs:
-            filled = [f"{key}=<{source}'s {'encoder' if key == 'init_from' else 'checkpoint'}>"
-                      for key, source in job.needs.items()]
-            lines.append(" ".join(["python -m", f"last_lite.{job.command}", *job.overrides, *filled,
-                                   f"seed={job.seed}", "ckpt_path=last", f"hydra.run.dir={self.job_dir(job)}"]))
-        return lines
+        """The commands in order (``python -m ...``)."""
+        return [" ".join(["python", *self.argv(job, placeholders=True)[1:]]) for job in self.jobs]
 
     def finished(self, job: Job) -> bool:
         metrics = self.metrics(job)

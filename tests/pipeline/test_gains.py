@@ -56,6 +56,10 @@ def test_the_default_grid_has_every_cell_of_the_issue_seed_by_seed(tmp_path):
     assert all("data=nw_ucla" in job.overrides for job in jobs)
     for job in jobs:  # what a job needs comes before it
         assert all(names.index(source) < names.index(job.name) for source in job.needs.values())
+    commands = Grid(compose(tmp_path, "stage_choices.data=nw_ucla"), tmp_path, REPO).dry_run()
+    assert len(commands) == len(jobs) and commands[names.index("last_lite_nano/C_s2")].startswith(
+        "python -m last_lite.distill model@teacher=last_e_v3_base model@student=last_lite_nano kd=nano")
+    assert "init_from=<last_lite_nano/P_s2's encoder>" in commands[names.index("last_lite_nano/C_s2")]
 
 
 def test_a_given_teacher_checkpoint_is_passed_and_bad_grids_fail_with_the_reason(tmp_path):
