@@ -439,7 +439,7 @@ def computed_differences(saved: Mapping[str, Any], current: Mapping[str, Any], l
     if isinstance(old_dir, str) and isinstance(new_dir, str) and old_dir != new_dir:  # a moved run folder
         a = {k: new_dir + v[len(old_dir):] if isinstance(v, str) and (v == old_dir or v.startswith(old_dir + "/"))
              else v for k, v in a.items()}
-    keys = sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
+    keys, a, b = differing_keys(a, b)  # flat already: flattening again keeps them as they are
     return [f"{k}: {a.get(k, '<absent>')!r} vs now {b.get(k, '<absent>')!r}"
             for k in keys if not is_execution_key(k) and not _auto_resumes_as_saved(k, b.get(k))
             and not _same_file(a.get(k), b.get(k))][:limit]
