@@ -33,8 +33,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from last_lite.pipeline.state import (AdoptionRefused, Lock, PipelineState, Stage, StageFailed,
-                                      StageRunner, now, take_stage_choices)
+from last_lite.pipeline.state import (INTERRUPTED_EXIT, AdoptionRefused, Lock, PipelineState, Stage,
+                                      StageFailed, StageRunner, now, take_stage_choices)
 from last_lite.pipeline.tree import CONF_DIR, Tree
 
 log = logging.getLogger("last_lite.pipeline")
@@ -167,7 +167,10 @@ def _print_summary(report: dict[str, Any]) -> None:
 @hydra.main(config_path="../../conf", config_name="pipeline", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     take_stage_choices(cfg)
-    report = run(cfg)
+    try:
+        report = run(cfg)
+    except KeyboardInterrupt:  # run() printed the summary, which says how to continue
+        raise SystemExit(INTERRUPTED_EXIT) from None
     if report["status"] == "failed":
         raise SystemExit(1)
 

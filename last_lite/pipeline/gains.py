@@ -19,7 +19,8 @@ another config), so a finished run made elsewhere joins the grid by linking its 
 ``jobs`` run side by side, each with ``threads=<cores / jobs>``; a failed job blocks only the jobs
 that need its output; one grid runs in a folder at a time (``.gains.lock``). After each job, ``gains.md`` and ``gains.json`` in the run folder give every
 cell's test top-1 by seed, mean and sd next to the note's prediction, and the paired differences
-B - A, C - B, C - A and FT - A with their t statistics. Exit status 1 when a job failed.
+B - A, C - B, C - A and FT - A with their t statistics. Exit status 1 when a job failed, 130
+when Ctrl-C or SIGTERM ended it (the running jobs are ended with it; rerun to continue).
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from last_lite.io import FileLock, LockHeld, atomic_write_text
-from last_lite.pipeline.state import (available_cores, interrupt, last_logged_epoch, pretrain_outputs,
-                                      take_stage_choices, training_outputs)
+from last_lite.pipeline.state import (INTERRUPTED_EXIT, available_cores, interrupt, last_logged_epoch,
+                                      pretrain_outputs, take_stage_choices, training_outputs)
 from last_lite.summarize import Cell, paired_difference
 
 log = logging.getLogger("last_lite.pipeline.gains")
@@ -242,6 +243,18 @@ class Grid:
                                     env={**os.environ, "HYDRA_FULL_ERROR": "1"})
 
     # -- the report -------------------------------------------------------------------------------
+    def teacher(self) -> dict[str, Any] | None:
+        """The B and C cells' teacher: the grid's own job (with its test top-1 once finished) or
+        the given checkpoint; None when no cell distils."""
+        if not any(job.cell in ("B", "C") for job in self.jobs):
+            return None
+        cfg = self.cfg.teacher
+        if cfg.get("ckpt"):
+            return {"model": str(cfg.model), "ckpt": str(cfg.ckpt)}
+        job = f"{cfg.model}/A_s{int(cfg.seed)}"
+        top1 = (self.metrics(job) or {}).get("top1")
+        return {"model": str(cfg.model), "job": job, "top1": None if top1 is None else 100 * float(top1)}
+
     def cells(self) -> dict[tuple[str, str], Cell]:
         """(network, cell) -> its finished seeds' test top-1 in percent."""
         out: dict[tuple[str, str], Cell] = {}
@@ -274,8 +287,9 @@ class Grid:
                     diff = paired_difference(cells[(network, name)], cells[(network, reference)])
                     if diff["pairs"]:
                         differences.append({"network": network, "difference": f"{name} - {reference}", **diff})
-        record = {"schema": "last_lite.gains/1", "run_dir": str(self.run_dir), "cells": rows,
-                  "differences": differences, "jobs": {job.name: self.job_status(job) for job in self.jobs}}
+        record = {"schema": "last_lite.gains/1", "run_dir": str(self.run_dir), "teacher": self.teacher(),
+                  "cells": rows, "differences": differences,
+                  "jobs": {job.name: self.job_status(job) for job in self.jobs}}
         atomic_write_text(self.run_dir / "gains.json", json.dumps(record, indent=1) + "\n")
         atomic_write_text(self.run_dir / "gains.md", render(record, seeds))
         return record
@@ -285,10 +299,19 @@ def _num(value: float | None, sign: bool = False) -> str:
     return "" if value is None else (f"{value:+.2f}" if sign else f"{value:.2f}")
 
 
+def _teacher_line(teacher: dict | None) -> list[str]:
+    if teacher is None:
+        return []
+    if "ckpt" in teacher:
+        return ["", f"The teacher of the B and C cells: {teacher['model']}, `{teacher['ckpt']}`."]
+    score = "" if teacher["top1"] is None else f", test top-1 {teacher['top1']:.2f}"
+    return ["", f"The teacher of the B and C cells: this grid's {teacher['job']}{score}."]
+
+
 def render(record: dict, seeds: list[int]) -> str:
     lines = ["# Expected-gain tables", "",
              "Test top-1 (%) of the checkpoint each run's selection rule handed on, by seed; sd over "
-             "seeds (n - 1).", "",
+             "seeds (n - 1).", *_teacher_line(record.get("teacher")), "",
              "| network | cell | path | the note predicts | " + " | ".join(f"seed {s}" for s in seeds)
              + " | mean | sd |", "|---|---|---|---|" + "---:|" * (len(seeds) + 2)]
     for row in record["cells"]:
@@ -329,6 +352,10 @@ def main(cfg: DictConfig) -> None:
             status = grid.run(cfg.jobs)
     except LockHeld as exc:  # two grids in one folder would start the same jobs twice
         raise SystemExit(f"error: {exc}: it is running in {run_dir}") from None
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the running jobs were ended, each resumable
+        print(f"interrupted: rerun the same command to continue (each job resumes from its newest "
+              f"checkpoint); {run_dir / 'gains.md'} shows where the grid stands", file=sys.stderr)
+        raise SystemExit(INTERRUPTED_EXIT) from None
     print((run_dir / "gains.md").read_text(encoding="utf-8"))
     failed = sorted(name for name, s in status.items() if s != "done")
     if failed:

@@ -212,6 +212,11 @@ class Lock:
         self._lock.__exit__(*exc)
 
 
+#: The exit status of a pipeline or grid ended by Ctrl-C or SIGTERM (128 + SIGINT, as a shell reports
+#: Ctrl-C): its summary says how to continue, so no traceback.
+INTERRUPTED_EXIT = 130
+
+
 def interrupt(signum, frame):
     """A signal handler: SIGTERM (a session's end) unwinds like Ctrl-C, so children are ended."""
     raise KeyboardInterrupt(f"signal {signum}")

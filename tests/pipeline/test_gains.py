@@ -66,6 +66,11 @@ def test_a_given_teacher_checkpoint_is_passed_and_bad_grids_fail_with_the_reason
     jobs = build_jobs(compose(tmp_path, "teacher.ckpt=zoo/t.safetensors", "~networks.last_e_v3_base"))
     b = next(job for job in jobs if job.cell == "B")
     assert "teacher.ckpt=zoo/t.safetensors" in b.overrides and b.needs == {}
+    given = Grid(compose(tmp_path, "teacher.ckpt=zoo/t.safetensors", "~networks.last_e_v3_base"), tmp_path, REPO)
+    assert given.teacher() == {"model": "last_e_v3_base", "ckpt": "zoo/t.safetensors"}
+    only_a = Grid(compose(tmp_path, "networks.last_lite_small.cells=[A]", "networks.last_lite_nano.cells=[A]"),
+                  tmp_path, REPO)
+    assert only_a.teacher() is None  # nothing distils: no teacher line
     with pytest.raises(ValueError, match="list network last_e_v3_base with cell A"):
         build_jobs(compose(tmp_path, "~networks.last_e_v3_base"))
     with pytest.raises(ValueError, match=r"unknown cells \['D'\]"):
@@ -111,6 +116,9 @@ def test_the_grid_runs_each_cell_from_its_inputs_and_reports_their_metrics(finis
     assert diffs["FT - A"]["pairs"] == 1 and diffs["FT - A"]["t"] is None  # one pair: no t
     md = (run_dir / "gains.md").read_text()
     assert f"| {NANO} | C | MaskCLR-pretrained, then distilled | 86-88 |" in md and "Not finished" not in md
+    teacher = finished["report"]["teacher"]  # the grid's own A run of the teacher, named with its score
+    assert teacher == {"model": NANO, "job": f"{NANO}/A_s0", "top1": pytest.approx(100 * metrics("A")["top1"])}
+    assert f"The teacher of the B and C cells: this grid's {NANO}/A_s0, test top-1 {teacher['top1']:.2f}." in md
 
 
 def test_a_rerun_reads_every_finished_job_and_refuses_a_changed_config(finished, tmp_path):
@@ -154,3 +162,39 @@ def test_a_failed_pretraining_blocks_only_the_cells_that_start_from_it(tmp_path)
     assert status == {f"{NANO}/P_s0": "failed", f"{NANO}/FT_s0": "blocked"}
     assert "mask_ratio" in (run_dir / "logs" / f"{NANO}_P_s0.log").read_text()
     assert json.loads((run_dir / "gains.json").read_text())["jobs"] == status
+
+
+def test_sigterm_ends_the_grid_and_its_running_job_with_a_resume_hint(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_dir = tmp_path / "run"
+    long = [*TINY_DATA, "trainer.max_epochs=50", "data.source.num_classes=4", "threads=1"]
+    long_job = [f"overrides={_hydra_list(long)}", *TINY_GRID[1:], f"networks.{NANO}.cells=[A]"]
+    cmd = [sys.executable, "-m", "last_lite.pipeline.gains", *long_job, f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    job_log = run_dir / "logs" / f"{NANO}_A_s0.log"
+    deadline = time.monotonic() + 300
+    while not (job_log.is_file() and "$ " in job_log.read_text()) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    assert "interrupted: rerun the same command to continue" in err and "Traceback" not in err
+    if Path("/proc").is_dir():  # the job's process ended with the grid (no orphan writing into its folder)
+        job_dir = str(run_dir / NANO / "A_s0")
+        alive = [p for p in Path("/proc").glob("[0-9]*") if _reads(p / "cmdline").find(job_dir) >= 0]
+        assert not alive
+    assert json.loads((run_dir / "gains.json").read_text())["jobs"][f"{NANO}/A_s0"] != "done"
+
+
+def _reads(path: Path) -> str:
+    try:
+        return path.read_bytes().decode(errors="replace")
+    except OSError:
+        return ""

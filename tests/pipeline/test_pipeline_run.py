@@ -288,6 +288,20 @@ def test_an_interrupted_invocation_reports_where_it_stopped_and_status_shows_it(
     assert missing.returncode != 0 and "no pipeline run in" in missing.stderr
 
 
+def test_the_command_ends_an_interrupted_run_with_status_130_not_a_traceback(monkeypatch):
+    import last_lite.pipeline.__main__ as command
+    from omegaconf import OmegaConf
+
+    def interrupted(cfg):  # run() has written the report and printed how to continue
+        raise KeyboardInterrupt("signal 15")
+
+    monkeypatch.setattr(command, "take_stage_choices", lambda cfg: None)
+    monkeypatch.setattr(command, "run", interrupted)
+    with pytest.raises(SystemExit) as exit_:
+        command.main(OmegaConf.create({}))
+    assert exit_.value.code == 130 and exit_.value.__suppress_context__  # `from None`: no traceback chain
+
+
 def test_jobs_run_independent_stages_side_by_side_with_the_same_outcome(finished, tmp_path):
     lock, running, started = threading.Lock(), [0], []
     path_a = [threading.Barrier(2, timeout=60)]  # broken unless Path A's two stages run at once
