@@ -246,14 +246,14 @@ class Grid:
     def teacher(self) -> dict[str, Any] | None:
         """The B and C cells' teacher: the grid's own job (with its test top-1 once finished) or
         the given checkpoint; None when no cell distils."""
-        if not any(job.cell in ("B", "C") for job in self.jobs):
+        distils = [job for job in self.jobs if job.command == "distill"]
+        if not distils:
             return None
-        cfg = self.cfg.teacher
-        if cfg.get("ckpt"):
-            return {"model": str(cfg.model), "ckpt": str(cfg.ckpt)}
-        job = f"{cfg.model}/A_s{int(cfg.seed)}"
+        model, job = str(self.cfg.teacher.model), distils[0].needs.get("teacher.ckpt")
+        if job is None:  # build_jobs put the given checkpoint in the commands
+            return {"model": model, "ckpt": str(self.cfg.teacher.ckpt)}
         top1 = (self.metrics(job) or {}).get("top1")
-        return {"model": str(cfg.model), "job": job, "top1": None if top1 is None else 100 * float(top1)}
+        return {"model": model, "job": job, "top1": None if top1 is None else 100 * float(top1)}
 
     def cells(self) -> dict[tuple[str, str], Cell]:
         """(network, cell) -> its finished seeds' test top-1 in percent."""
