@@ -209,6 +209,14 @@ def pipeline_models(run_dir: str | Path) -> list[dict[str, Any]]:
     return models
 
 
+def _portable(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` when inside it: a shipped index must not name this machine's folders."""
+    try:
+        return path.relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def add_pipeline_to_zoo(run_dir: str | Path, prefix: str | None = None, zoo_dir: Path = ZOO_DIR) -> list[dict]:
     """Ship :func:`pipeline_models` as ``<prefix>/<model>`` (prefix: the run's dataset)."""
     run_dir = Path(run_dir).resolve()
@@ -218,7 +226,8 @@ def add_pipeline_to_zoo(run_dir: str | Path, prefix: str | None = None, zoo_dir:
     shipped = []
     for m in pipeline_models(run_dir):
         name = f"{prefix}/{m['model']}"
-        source = {"pipeline": str(run_dir), "stage": m["stage"], "role": m["role"], "path": m["path"]}
+        source = {"pipeline": _portable(run_dir, zoo_dir.parent), "stage": m["stage"], "role": m["role"],
+                  "path": m["path"]}
         add_to_zoo(name, m["checkpoint"], m["metrics"], zoo_dir, source=source)
         onnx = add_export_to_zoo(name, m["export"], zoo_dir) if m["export"] else {}
         shipped.append({"name": name, **source, **{k: v["test_top1"] for k, v in onnx.items()}})

@@ -362,7 +362,9 @@ def test_the_zoo_ships_what_the_tree_deployed_and_its_teacher(copy, tmp_path):
         weights = load_checkpoint(copy / state(copy)["stages"][source_stage]["outputs"]["checkpoint"])["state_dict"]
         for key, value in model.state_dict().items():
             assert torch.equal(value, weights[f"model.{key}"]), key
-    assert json.loads((zoo / "index.json").read_text())[f"tiny/{NANO}"]["source"]["path"] == deployed["deployed_path"]
+    source = json.loads((zoo / "index.json").read_text())[f"tiny/{NANO}"]["source"]
+    assert source["path"] == deployed["deployed_path"]
+    assert source["pipeline"] == "run"  # relative to the zoo's repository (tmp_path here), not this machine's path
     int8 = json.loads((copy / f"export_{stage}" / "metrics.json").read_text())["evaluation"]["models"]["int8"]
     assert zoo_onnx(f"tiny/{NANO}", zoo_dir=zoo).stat().st_size > 0
     assert json.loads((zoo / "index.json").read_text())[f"tiny/{NANO}"]["onnx_int8"]["test_top1"] == int8["top1"]
