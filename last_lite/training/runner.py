@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 import torch
 import yaml
 from hydra.core.hydra_config import HydraConfig
@@ -73,8 +74,19 @@ def data_spec_for(datamodule) -> dict:
 
 def build_callbacks(cfg: DictConfig) -> list:
     """The callbacks ``cfg.callbacks`` lists (conf/callbacks/default.yaml), nothing else; a null
-    entry (``~callbacks.x`` or ``callbacks.x=null``) is left out."""
-    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    entry (``~callbacks.x`` or ``callbacks.x=null``) is left out. So is a checkpoint writer that
+    saves exactly when ``last_checkpoint`` does (same monitor, mode and schedule, e.g.
+    ``model_checkpoint`` with ``monitor: null`` in pretrain's ``mode: min``): it would only copy
+    last.ckpt, and Lightning refuses two checkpoint callbacks with one state key."""
+    built = {name: instantiate(spec) for name, spec in (cfg.get("callbacks") or {}).items() if spec is not None}
+    resume_writer = built.get("last_checkpoint")
+    resume_key = resume_writer.state_key if isinstance(resume_writer, ModelCheckpoint) else None
+    for name, callback in list(built.items()):
+        if name != "last_checkpoint" and isinstance(callback, ModelCheckpoint) and callback.state_key == resume_key:
+            log.info("callbacks.%s saves when last_checkpoint does (%s): left out, last.ckpt is its file",
+                     name, f"monitor {callback.monitor}, mode {callback.mode}")
+            del built[name]
+    return list(built.values())
 
 
 def build_trainer(cfg: DictConfig, precision: str | None = None) -> L.Trainer:

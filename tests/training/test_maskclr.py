@@ -163,6 +163,17 @@ def test_pretrain_entry_trains_two_epochs_and_writes_an_encoder_a_student_loads(
     assert set(report["new"]) == HEAD and not report["skipped"]
 
 
+def test_pretraining_at_the_field_recipes_checkpoint_settings_writes_last_ckpt_and_an_encoder(tmp_path):
+    # experiment=nw_ucla_full: no hold-out, no monitor. The best-on-val writer (mode min here) would
+    # save exactly when last.ckpt's writer does, which Lightning refused: the run stopped at start.
+    run_command("pretrain", [*TINY, "trainer.max_epochs=1", "data.val_fraction=0", "selection=last",
+                             "callbacks.model_checkpoint.monitor=null", "bn_recalibration_batches=1"], tmp_path)
+    metrics = read_metrics(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert metrics["checkpoint"] == str(tmp_path / "checkpoints" / "last.ckpt")
+    assert metrics["encoder"] == str(tmp_path / "encoder.safetensors") and metrics["epochs"] == 1
+
+
 def test_pretrain_config_is_unlabelled_monitors_val_loss_and_takes_extra_sources(tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
