@@ -126,16 +126,9 @@ class JointAdapter:
         return int(self.matrix.shape[1])
 
     @property
-    def target_joints(self) -> int:
-        return int(self.matrix.shape[0])
-
-    @property
     def is_subset(self) -> bool:
         """Every output joint is one input joint (no derived joint)."""
         return bool(((self.matrix == 0) | (self.matrix == 1)).all() and (self.matrix.sum(1) == 1).all())
-
-    def sources_of(self, joint: int) -> tuple[int, ...]:
-        return tuple(int(i) for i in np.flatnonzero(self.matrix[joint]))
 
     def apply(self, x: np.ndarray, mask_absent: bool = True) -> np.ndarray:
         """``x`` (..., V_source, C) -> (..., V_target, C) float32. With ``mask_absent``, an output

@@ -169,16 +169,6 @@ def open_regular(path: str | os.PathLike, max_bytes: int | None = None) -> IO[by
         raise
 
 
-def regular_file_problem(path: str | os.PathLike) -> str | None:
-    """Why ``path`` is not a readable regular file (dangling symlink, symlink loop, FIFO, ...),
-    or None when it is one."""
-    try:
-        open_regular(path).close()
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    return None
-
-
 class LockHeld(RuntimeError):
     """Another live process holds a :class:`FileLock`."""
 

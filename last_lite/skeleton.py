@@ -79,14 +79,6 @@ class Layout:
         """Connected parts of the graph (1 for a whole body)."""
         return int(len(np.unique(self.parents[self.parents == np.arange(self.num_joints)])))
 
-    def region_of_joint(self) -> np.ndarray:
-        """Region index (into REGION_NAMES) of every joint."""
-        out = np.zeros(self.num_joints, dtype=np.int64)
-        for r, name in enumerate(REGION_NAMES):
-            for j in self.regions.get(name, ()):
-                out[j] = r
-        return out
-
 
 def _neighbours(num_joints: int, edges: Sequence[tuple[int, int]]) -> list[set[int]]:
     adj: list[set[int]] = [set() for _ in range(num_joints)]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import lightning as L
@@ -358,10 +357,6 @@ class SkeletonDataModule(L.LightningDataModule):
     @property
     def index_checksum(self) -> str:
         return self.store.index_checksum
-
-    @property
-    def store_path(self) -> Path:
-        return self.store.root
 
     def describe(self) -> dict[str, Any]:
         """Sizes and identity of the data, for logs and model cards."""

@@ -136,11 +136,6 @@ class Motion:
         self.wrist_l: tuple[str, np.ndarray, np.ndarray] | None = None
         self.wrist_r: tuple[str, np.ndarray, np.ndarray] | None = None
 
-    def shoulder_rest(self, side: int) -> np.ndarray:
-        """Rest shoulder position in the body frame (side +1 = left, -1 = right)."""
-        b = self.body
-        return np.array([side * b.shoulder_w, b.shoulder_y, 0.0])
-
 
 def _pose(m: Motion, rng: np.random.Generator, jitter: float) -> np.ndarray:
     """Joint positions (T, 25, 3) in the body frame."""
