@@ -219,11 +219,13 @@ class Grid:
 
     def job_status(self, job: Job) -> str:
         """done, failed, blocked (this invocation), or what its folder shows: done, the last epoch
-        a running or cut-off job logged, not run."""
+        a running or cut-off job logged, a pretraining's missing encoder (a folder of records), not run."""
         if job.name in self.status:
             return self.status[job.name]
         if self.finished(job):
             return "done"
+        if self.metrics(job) is not None:  # only a pretraining is unfinished with its metrics written
+            return f"finished, {self.output('init_from', job.name).name} absent"
         epoch = last_logged_epoch(self.job_dir(job))
         return "not run" if epoch is None else f"at epoch {epoch + 1}"
 
