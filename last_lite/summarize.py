@@ -4,7 +4,9 @@ Each job's swept values come from its ``.hydra/overrides.yaml`` and its accuracy
 ``metrics.json``; the table is printed and written as ``summary.md`` and ``summary.csv``. A key
 that some jobs override and others do not takes, where a job lacks it, the value that job ran with
 (its config-group choice or its ``.hydra/config.yaml`` entry), so a folder gathering single runs
-(links to them) makes one table too. The markdown table lists the columns that differ between jobs
+(links to them) makes one table too. A run kept as a record (its ``config.yaml`` and ``metrics.json``,
+no ``.hydra/``, as docs/ keeps them) joins with the values of its ``config.yaml``; its config-group
+choices are unknown (blank). The markdown table lists the columns that differ between jobs
 and names the shared values once below it; the CSV keeps every column. Overrides are shown in
 today's spelling of renamed groups (a job run as ``distill.alpha=0.3`` is a ``kd.alpha`` row, see
 ``last_lite.config_checks.RENAMED_GROUPS``), so runs from before a rename share the columns of new ones.
@@ -34,18 +36,30 @@ from last_lite.config_checks import current_spelling, former_keys, is_execution_
 from last_lite.io import atomic_write_text
 
 
+#: a record's value for a key its config.yaml lacks (a config-group choice)
+UNKNOWN = "?"
+
+
+def differs(values) -> bool:
+    """More than one value, a record's unknown one matching any."""
+    return len(set(values) - {UNKNOWN}) > 1
+
+
 @dataclass
 class JobRecord:
     """What a job's ``.hydra`` folder says, read once: the root config it ran (``distill``,
     ``train``...), its config-group choices and its composed config."""
 
     command: str | None
-    choices: dict
+    choices: dict | None  # None: a record's, unknown
     config: dict | None
 
     @classmethod
     def read(cls, job: Path) -> "JobRecord":
         hydra_file, config_file = job / ".hydra" / "hydra.yaml", job / ".hydra" / "config.yaml"
+        if not (job / ".hydra").is_dir():  # a record: the run's own config.yaml names its command
+            config = yaml.safe_load((job / "config.yaml").read_text()) or {}
+            return cls(command=config.get("task_name"), choices=None, config=config)
         hydra = ((yaml.safe_load(hydra_file.read_text()) if hydra_file.is_file() else None) or {}).get("hydra") or {}
         return cls(command=(hydra.get("job") or {}).get("config_name"),
                    choices=(hydra.get("runtime") or {}).get("choices") or {},
@@ -56,7 +70,7 @@ class JobRecord:
         spelling too, for a job run before its group was renamed)."""
         key = key.lstrip("+~")
         for spelling in (key, *former_keys(key, self.command)):
-            if spelling in self.choices:
+            if self.choices and spelling in self.choices:
                 return None if self.choices[spelling] is None else str(self.choices[spelling])
             node, found = self.config, True
             for part in spelling.split("."):
@@ -68,15 +82,21 @@ class JobRecord:
                 if isinstance(node, bool):  # as an override spells it
                     return "true" if node else "false"
                 return None if isinstance(node, (dict, list)) or node is None else str(node)
-        return None
+        return UNKNOWN if self.choices is None else None
+
+
+def is_job(folder: Path) -> bool:
+    """A Hydra job's folder, or a record of a finished run (config.yaml and metrics.json)."""
+    return folder.is_dir() and ((folder / ".hydra").is_dir()
+                                or ((folder / "config.yaml").is_file() and (folder / "metrics.json").is_file()))
 
 
 def collect(folder: Path) -> tuple[list[str], list[dict], dict[str, JobRecord]]:
     """The table's columns, one row per job, and each job's Hydra record by job name."""
     rows, keys, records, ran_in = [], [], {}, {}
-    for job in sorted((p for p in folder.iterdir() if p.is_dir() and (p / ".hydra").is_dir()),
-                      key=lambda p: (len(p.name), p.name)):
-        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
+    for job in sorted(filter(is_job, folder.iterdir()), key=lambda p: (len(p.name), p.name)):
+        overrides_file = job / ".hydra" / "overrides.yaml"
+        overrides = (yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else None) or []
         row = {"job": job.name}
         records[job.name] = record = JobRecord.read(job)
         for item in overrides:
@@ -93,7 +113,8 @@ def collect(folder: Path) -> tuple[list[str], list[dict], dict[str, JobRecord]]:
         ran_in[job.name] = metrics.get("precision")
         rows.append(row)
     if not rows:
-        raise SystemExit(f"no Hydra jobs (folders with .hydra/) under {folder}")
+        raise SystemExit(f"no Hydra jobs (folders with .hydra/) or run records (config.yaml and metrics.json) "
+                         f"under {folder}")
     for row in rows:
         for key in keys:
             if key not in row:
@@ -112,8 +133,9 @@ def write_tables(folder: Path) -> str:
     fixed = ("job", "test_top1", "best_val_top1", "status")
     # the table leaves out where a run resumed from and how it executed (summary.csv keeps them)
     computed = [c for c in columns if c in fixed or not is_execution_key(c)]
-    swept = [c for c in computed if c in fixed or len(rows) == 1 or len({r.get(c) for r in rows}) > 1]
-    shared = [f"`{c}={rows[0].get(c)}`" for c in computed if c not in swept]
+    swept = [c for c in computed if c in fixed or len(rows) == 1 or differs(r.get(c) for r in rows)]
+    shared = [f"`{c}={next((r[c] for r in rows if r.get(c) != UNKNOWN), UNKNOWN)}`" for c in computed
+              if c not in swept]
     md = ["| " + " | ".join(swept) + " |", "|" + "---|" * len(swept)]
     md += ["| " + " | ".join(_fmt(r.get(c)) for c in swept) + " |" for r in rows]
     buffer = io.StringIO()
@@ -182,7 +204,7 @@ def write_paired_table(folder: Path, reference: dict[str, str] | None = None) ->
     if not cells:
         raise SystemExit(f"summarize: no finished job (metrics.json with a test top-1) under {folder}")
     keys = [k for k, _ in cells[0].key]
-    shown = [k for k in keys if len({dict(c.key).get(k) for c in cells}) > 1]
+    shown = [k for k in keys if differs(dict(c.key).get(k) for c in cells)]
     # one reference per network: a distilled nano is paired with the standalone nano, not the small
     refs: dict[str | None, Cell] = {}
     if reference:

@@ -108,3 +108,25 @@ def test_the_jobs_table_leaves_out_how_a_job_executed_and_the_csv_keeps_it(cells
     assert "`trainer.precision=32-true`" in text  # what every job computed with stays, as shared
     assert "selection rule handed on" in text
     assert "ckpt_path" in (cells_folder / "summary.csv").read_text().splitlines()[0]
+
+
+def test_a_kept_record_joins_a_sweep_with_its_config_values_and_can_be_the_reference(tmp_path):
+    """A run kept as docs/ keeps it (config.yaml, metrics.json, no .hydra/): the preset point of a sweep."""
+    folder = tmp_path / "sweep"
+    for seed, (tau2, tau6) in enumerate([(0.93, 0.95), (0.94, 0.955)]):
+        for tau, top1 in ((2, tau2), (6, tau6)):
+            _job(folder, f"tau{tau}_s{seed}", "distill", ["model@student=last_lite_small", f"kd.tau={tau}",
+                                                          f"seed={seed}"], top1, network="last_lite_small")
+        record = folder / f"preset_s{seed}"
+        record.mkdir()
+        (record / "config.yaml").write_text(yaml.safe_dump(
+            {"task_name": "distill", "seed": seed, "kd": {"tau": 4.0}, "trainer": {"precision": "32-true"}}))
+        (record / "metrics.json").write_text(json.dumps({"top1": 0.94, "model": "last_lite_small"}))
+    table = write_tables(folder)
+    assert _row(table, "preset_s1")[:3] == ["preset_s1", "4.0", "1"]  # kd.tau and seed from its config
+    assert "model@student" not in table.splitlines()[0]  # unknown for the record, the same for the rest
+    assert "`model@student=last_lite_small`" in table
+    paired = write_paired_table(folder, {"kd.tau": "4.0"})
+    assert _row(paired, "kd.tau=4.0")[0] == "kd.tau=4.0 (reference)"
+    tau6 = _row(paired, "kd.tau=6")
+    assert tau6[:4] == ["kd.tau=6", "2", "0 1", "95.25"] and tau6[5] == "+1.25" and tau6[-1] == "2"
