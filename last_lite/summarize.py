@@ -81,6 +81,8 @@ class JobRecord:
             if found:
                 if isinstance(node, bool):  # as an override spells it
                     return "true" if node else "false"
+                if isinstance(node, dict) and self.choices is None:  # a record's group: its choice is unknown
+                    return UNKNOWN
                 return None if isinstance(node, (dict, list)) or node is None else str(node)
         return UNKNOWN if self.choices is None else None
 

@@ -120,7 +120,8 @@ def test_a_kept_record_joins_a_sweep_with_its_config_values_and_can_be_the_refer
         record = folder / f"preset_s{seed}"
         record.mkdir()
         (record / "config.yaml").write_text(yaml.safe_dump(
-            {"task_name": "distill", "seed": seed, "kd": {"tau": 4.0}, "trainer": {"precision": "32-true"}}))
+            {"task_name": "distill", "seed": seed, "kd": {"tau": 4.0}, "trainer": {"precision": "32-true"},
+             "student": {"name": "last_lite_small"}}))  # `model@student=` was once `student=`
         (record / "metrics.json").write_text(json.dumps({"top1": 0.94, "model": "last_lite_small"}))
     table = write_tables(folder)
     assert _row(table, "preset_s1")[:3] == ["preset_s1", "4.0", "1"]  # kd.tau and seed from its config
