@@ -6,8 +6,8 @@ that some jobs override and others do not takes, where a job lacks it, the value
 (its config-group choice or its ``.hydra/config.yaml`` entry), so a folder gathering single runs
 (links to them) makes one table too. A run kept as a record (its ``config.yaml`` and ``metrics.json``,
 no ``.hydra/``, as docs/ keeps them) joins with the values of its ``config.yaml``; its config-group
-choices are unknown (``?``, matching any value). The markdown table lists the columns that differ between jobs
-and names the shared values once below it; the CSV keeps every column. Overrides are shown in
+choices are unknown (``?``; a column in which only they differ is not shown). The markdown table
+lists the columns that differ between jobs and names the shared values once below it; the CSV keeps every column. Overrides are shown in
 today's spelling of renamed groups (a job run as ``distill.alpha=0.3`` is a ``kd.alpha`` row, see
 ``last_lite.config_checks.RENAMED_GROUPS``), so runs from before a rename share the columns of new ones.
 
@@ -47,8 +47,8 @@ def differs(values) -> bool:
 
 @dataclass
 class JobRecord:
-    """What a job's ``.hydra`` folder says, read once: the root config it ran (``distill``,
-    ``train``...), its config-group choices and its composed config."""
+    """What a job's ``.hydra`` folder (or a record's ``config.yaml``) says, read once: the root config
+    it ran (``distill``, ``train``...), its config-group choices and its composed config."""
 
     command: str | None
     choices: dict | None  # None: a record's, unknown
