@@ -7,9 +7,10 @@ that some jobs override and others do not takes, where a job lacks it, the value
 (links to them) makes one table too. A run kept as a record (its ``config.yaml`` and ``metrics.json``,
 no ``.hydra/``, as docs/ keeps them) joins with the values of its ``config.yaml``; its config-group
 choices are unknown (``?``; a column in which only they differ is not shown). The markdown table
-lists the columns that differ between jobs and names the shared values once below it; the CSV keeps every column. Overrides are shown in
-today's spelling of renamed groups (a job run as ``distill.alpha=0.3`` is a ``kd.alpha`` row, see
-``last_lite.config_checks.RENAMED_GROUPS``), so runs from before a rename share the columns of new ones.
+lists the columns that differ between jobs and names the shared values once below it; the CSV keeps
+every column. Overrides are shown in today's spelling of renamed groups (a job run as
+``distill.alpha=0.3`` is a ``kd.alpha`` row, see ``last_lite.config_checks.RENAMED_GROUPS``), so runs
+from before a rename share the columns of new ones.
 
 ``--paired [--reference key=value ...]`` also groups the jobs into cells (the same command and
 values but the seed) and writes ``paired.md``: each cell's n, mean and standard deviation of test
