@@ -219,13 +219,14 @@ class Grid:
 
     def job_status(self, job: Job) -> str:
         """done, failed, blocked (this invocation), or what its folder shows: done, the last epoch
-        a running or cut-off job logged, a pretraining's missing encoder (a folder of records), not run."""
+        a running or cut-off job logged, not run; done with its encoder absent: a pretraining kept
+        only as a record."""
         if job.name in self.status:
             return self.status[job.name]
         if self.finished(job):
             return "done"
         if self.metrics(job) is not None:  # only a pretraining is unfinished with its metrics written
-            return f"finished, {self.output('init_from', job.name).name} absent"
+            return f"done, {self.output('init_from', job.name).name} absent"
         epoch = last_logged_epoch(self.job_dir(job))
         return "not run" if epoch is None else f"at epoch {epoch + 1}"
 
@@ -326,7 +327,7 @@ def render(record: dict, seeds: list[int]) -> str:
     for d in record["differences"]:
         lines.append(f"| {d['network']} | {d['difference']} | {d['pairs']} | {_num(d['mean'], sign=True)} | "
                      f"{_num(d['sd'])} | {_num(d['t'])} |")
-    waiting = [name for name, status in record["jobs"].items() if status != "done"]
+    waiting = [name for name, status in record["jobs"].items() if not status.startswith("done")]
     if waiting:
         lines += ["", "Not finished: " + ", ".join(f"{n} ({record['jobs'][n]})" for n in waiting) + "."]
     return "\n".join(lines) + "\n"

@@ -151,9 +151,10 @@ def test_a_rerun_reads_every_finished_job_and_refuses_a_changed_config(finished,
     shutil.copytree(run_dir, copy, symlinks=True)
     (copy / NANO / "FT_s0" / "metrics.json").unlink()
     assert grid(copy).write_report()["jobs"][f"{NANO}/FT_s0"] == "at epoch 1"
-    # a folder of records (metrics without the pretraining's encoder) says so, not "not run"
+    # a pretraining kept only as a record (metrics, no encoder) is done, and says so
     (copy / NANO / "P_s0" / "encoder.safetensors").unlink()
-    assert grid(copy).write_report()["jobs"][f"{NANO}/P_s0"] == "finished, encoder.safetensors absent"
+    assert grid(copy).write_report()["jobs"][f"{NANO}/P_s0"] == "done, encoder.safetensors absent"
+    assert f"{NANO}/P_s0" not in (copy / "gains.md").read_text()  # not listed as unfinished
 
 
 def test_a_failed_pretraining_blocks_only_the_cells_that_start_from_it(tmp_path):
