@@ -49,22 +49,27 @@ def differs(values) -> bool:
 @dataclass
 class JobRecord:
     """What a job's ``.hydra`` folder (or a record's ``config.yaml``) says, read once: the root config
-    it ran (``distill``, ``train``...), its config-group choices and its composed config."""
+    it ran (``distill``, ``train``...), its config-group choices, its composed config and overrides."""
 
     command: str | None
     choices: dict | None  # None: a record's, unknown
     config: dict | None
+    overrides: list
 
     @classmethod
     def read(cls, job: Path) -> "JobRecord":
-        hydra_file, config_file = job / ".hydra" / "hydra.yaml", job / ".hydra" / "config.yaml"
         if not (job / ".hydra").is_dir():  # a record: the run's own config.yaml names its command
             config = yaml.safe_load((job / "config.yaml").read_text()) or {}
-            return cls(command=config.get("task_name"), choices=None, config=config)
-        hydra = ((yaml.safe_load(hydra_file.read_text()) if hydra_file.is_file() else None) or {}).get("hydra") or {}
+            return cls(command=config.get("task_name"), choices=None, config=config, overrides=[])
+
+        def load(name: str):
+            path = job / ".hydra" / name
+            return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+        hydra = (load("hydra.yaml") or {}).get("hydra") or {}
         return cls(command=(hydra.get("job") or {}).get("config_name"),
                    choices=(hydra.get("runtime") or {}).get("choices") or {},
-                   config=yaml.safe_load(config_file.read_text()) if config_file.is_file() else None)
+                   config=load("config.yaml"), overrides=load("overrides.yaml") or [])
 
     def value_ran_with(self, key: str) -> str | None:
         """``key``'s value: a config-group choice or a config entry (under the key's former
@@ -98,11 +103,9 @@ def collect(folder: Path) -> tuple[list[str], list[dict], dict[str, JobRecord]]:
     """The table's columns, one row per job, and each job's Hydra record by job name."""
     rows, keys, records, ran_in = [], [], {}, {}
     for job in sorted(filter(is_job, folder.iterdir()), key=lambda p: (len(p.name), p.name)):
-        overrides_file = job / ".hydra" / "overrides.yaml"
-        overrides = (yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else None) or []
         row = {"job": job.name}
         records[job.name] = record = JobRecord.read(job)
-        for item in overrides:
+        for item in record.overrides:
             key, _, value = current_spelling(str(item), record.command).partition("=")
             row[key] = value
             if key not in keys:
