@@ -217,6 +217,8 @@ def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str, model_
              dataset_name(), facts["layout"] if isinstance(facts["layout"], str) else
              facts["layout"].get("name", "custom"), facts["in_channels"], facts["num_classes"],
              facts["train"], facts["val"], facts["test"])
+    if facts["val"] == 0:
+        trainer.limit_val_batches = 0  # no hold-out (e.g. experiment=nw_ucla_full): no empty validation loop
     module = build_module(model_spec_for(cfg[model_key], datamodule), datamodule)
     if cfg.get("init_from"):
         init_from(module.model, cfg.init_from)
