@@ -10,7 +10,9 @@ choices are unknown (``?``; a column in which only they differ is not shown). Th
 lists the columns that differ between jobs and names the shared values once below it; the CSV keeps
 every column. Overrides are shown in today's spelling of renamed groups (a job run as
 ``distill.alpha=0.3`` is a ``kd.alpha`` row, see ``last_lite.config_checks.RENAMED_GROUPS``), so runs
-from before a rename share the columns of new ones.
+from before a rename share the columns of new ones. A job whose files cannot be read (a damaged
+``metrics.json`` or ``.hydra`` file) stays in the table with the reason as its status, is named on
+stderr, and counts in no cell.
 
 ``--paired [--reference key=value ...]`` also groups the jobs into cells (the same command and
 values but the seed) and writes ``paired.md``: each cell's n, mean and standard deviation of test
@@ -28,6 +30,7 @@ import io
 import json
 import math
 import statistics
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,18 +61,19 @@ class JobRecord:
 
     @classmethod
     def read(cls, job: Path) -> "JobRecord":
+        """Raises ``UnreadableFile`` naming the file that is not the YAML a run leaves."""
         if not (job / ".hydra").is_dir():  # a record: the run's own config.yaml names its command
-            config = yaml.safe_load((job / "config.yaml").read_text()) or {}
+            config = read_file(job / "config.yaml", yaml.safe_load, dict) or {}
             return cls(command=config.get("task_name"), choices=None, config=config, overrides=[])
 
-        def load(name: str):
+        def load(name: str, kind: type):
             path = job / ".hydra" / name
-            return yaml.safe_load(path.read_text()) if path.is_file() else None
+            return read_file(path, yaml.safe_load, kind) if path.is_file() else None
 
-        hydra = (load("hydra.yaml") or {}).get("hydra") or {}
+        hydra = (load("hydra.yaml", dict) or {}).get("hydra") or {}
         return cls(command=(hydra.get("job") or {}).get("config_name"),
                    choices=(hydra.get("runtime") or {}).get("choices") or {},
-                   config=load("config.yaml"), overrides=load("overrides.yaml") or [])
+                   config=load("config.yaml", dict), overrides=load("overrides.yaml", list) or [])
 
     def value_ran_with(self, key: str) -> str | None:
         """``key``'s value: a config-group choice or a config entry (under the key's former
@@ -93,6 +97,21 @@ class JobRecord:
         return UNKNOWN if self.choices is None else None
 
 
+class UnreadableFile(ValueError):
+    pass
+
+
+def read_file(path: Path, parse, kind: type):
+    """``parse(text)`` of ``path``, which must give a ``kind`` (or nothing: an empty file)."""
+    try:
+        value = parse(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as error:  # JSONDecodeError: a ValueError
+        raise UnreadableFile(f"unreadable {path.name}: {str(error).splitlines()[0]}") from error
+    if value is not None and not isinstance(value, kind):
+        raise UnreadableFile(f"unreadable {path.name}: a {type(value).__name__}, not a {kind.__name__}")
+    return value
+
+
 def is_job(folder: Path) -> bool:
     """A Hydra job's folder, or a record of a finished run (config.yaml and metrics.json)."""
     return folder.is_dir() and ((folder / ".hydra").is_dir()
@@ -104,16 +123,25 @@ def collect(folder: Path) -> tuple[list[str], list[dict], dict[str, JobRecord]]:
     rows, keys, records, ran_in = [], [], {}, {}
     for job in sorted(filter(is_job, folder.iterdir()), key=lambda p: (len(p.name), p.name)):
         row = {"job": job.name}
-        records[job.name] = record = JobRecord.read(job)
+        metrics_file = job / "metrics.json"
+        try:
+            records[job.name] = record = JobRecord.read(job)
+            metrics = (read_file(metrics_file, json.loads, dict) if metrics_file.is_file() else None) or {}
+            top1 = metrics.get("top1")
+            if top1 is not None and (isinstance(top1, bool) or not isinstance(top1, (int, float))):
+                raise UnreadableFile(f"unreadable metrics.json: top1 is {top1!r}, not a number")
+        except UnreadableFile as error:
+            records[job.name] = JobRecord(command=None, choices={}, config={}, overrides=[])
+            row.update(network=None, test_top1=None, best_val_top1=None, status=str(error))
+            rows.append(row)
+            continue
         for item in record.overrides:
             key, _, value = current_spelling(str(item), record.command).partition("=")
             row[key] = value
             if key not in keys:
                 keys.append(key)
-        metrics_file = job / "metrics.json"
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
         row["network"] = metrics.get("model")  # the one trained: a distill job's student
-        row["test_top1"] = metrics.get("top1")
+        row["test_top1"] = top1
         row["best_val_top1"] = metrics.get("best_val_top1")
         row["status"] = "done" if metrics else "no metrics.json"
         ran_in[job.name] = metrics.get("precision")
@@ -125,7 +153,7 @@ def collect(folder: Path) -> tuple[list[str], list[dict], dict[str, JobRecord]]:
         for key in keys:
             if key not in row:
                 row[key] = records[row["job"]].value_ran_with(key)
-        if "trainer.precision" in keys and ran_in[row["job"]]:
+        if "trainer.precision" in keys and ran_in.get(row["job"]):
             row["trainer.precision"] = ran_in[row["job"]]  # what `auto` resolved to
     return ["job", "network", *keys, "test_top1", "best_val_top1", "status"], rows, records
 
@@ -136,6 +164,10 @@ def _fmt(value) -> str:
 
 def write_tables(folder: Path) -> str:
     columns, rows, _ = collect(folder)
+    for row in rows:
+        if row["status"].startswith("unreadable"):
+            print(f"summarize: {folder / row['job']}: {row['status']} (in the table without a result)",
+                  file=sys.stderr)
     fixed = ("job", "test_top1", "best_val_top1", "status")
     # the table leaves out where a run resumed from and how it executed (summary.csv keeps them)
     computed = [c for c in columns if c in fixed or not is_execution_key(c)]

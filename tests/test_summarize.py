@@ -64,6 +64,19 @@ def test_cells_pair_seeds_and_give_the_paired_t_statistic(cells_folder):
     assert distilled[5:] == [f"{mean:+.2f}", f"{sd:.2f}", f"{mean / (sd / math.sqrt(3)):.2f}", "3"]
 
 
+@pytest.mark.parametrize("damage", [("metrics.json", "{\"top1\": 0.9"), ("metrics.json", "[0.9]"),
+                                    ("metrics.json", "{\"top1\": \"0.9\"}"), (".hydra/overrides.yaml", "a: [b")])
+def test_a_damaged_job_is_named_and_the_others_still_pair(cells_folder, capsys, damage):
+    name, text = damage
+    _job(cells_folder, "a3", "train", ["seed=3"], 0.9)
+    (cells_folder / "a3" / name).write_text(text)
+    table = write_tables(cells_folder)
+    assert _row(table, "a3")[-1].startswith(f"unreadable {Path(name).name}")
+    assert f"a3: unreadable {Path(name).name}" in capsys.readouterr().err
+    reference = _row(write_paired_table(cells_folder, {"command": "train"}), "command=train")
+    assert reference[1:3] == ["3", "0 1 2"]  # seed 3's damaged job counts in no cell
+
+
 def test_a_reference_that_is_not_one_cell_and_a_seed_run_twice_are_refused(cells_folder):
     with pytest.raises(SystemExit, match="matches 0 cells, not one; the cells: command=train; command=distill"):
         write_paired_table(cells_folder, {"command": "pretrain"})
