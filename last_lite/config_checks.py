@@ -401,8 +401,9 @@ RENAMED_GROUPS: dict[str, dict[str, str]] = {
     "pipeline": {"pipeline": "tree"},
 }
 #: Keys that say where and how a run executed, not what it computed: the pipeline's adoption of a
-#: run and summarize's cells of seeds leave them out of their comparisons.
-EXECUTION_KEYS = ("hydra", "paths", "threads", "ckpt_path")
+#: run, a resumed run's check of its folder and summarize's cells of seeds leave them out of their
+#: comparisons (``logger``: where the curves are written).
+EXECUTION_KEYS = ("hydra", "paths", "threads", "ckpt_path", "logger")
 EXECUTION_SUFFIXES = ("cache_dir",)
 #: torch.compile computes the same function as eager mode, faster where it pays
 EXECUTION_OPTIONS = ("teacher.compile", "module.compile_features")

@@ -100,7 +100,9 @@ def test_a_misspelt_override_key_gets_did_you_mean(tmp_path):
 
 
 def test_resuming_a_run_compares_what_it_computes_and_auto_precision_agrees_with_any():
-    saved = {"trainer": {"precision": "32-true"}, "optim": {"lr": 0.1}, "threads": 1}
-    assert computed_differences(saved, {"trainer": {"precision": "auto"}, "optim": {"lr": 0.1}, "threads": 2}) == []
+    saved = {"trainer": {"precision": "32-true"}, "optim": {"lr": 0.1}, "threads": 1,
+             "logger": {"csv": {"_target_": "lightning.pytorch.loggers.CSVLogger"}}}
+    assert computed_differences(saved, {"trainer": {"precision": "auto"}, "optim": {"lr": 0.1}, "threads": 2,
+                                        "logger": {"csv": {"_target_": "ResumableCSVLogger"}}}) == []
     assert computed_differences(saved, {"trainer": {"precision": "bf16-mixed"}, "optim": {"lr": 0.01}}) == [
         "optim.lr: 0.1 vs now 0.01", "trainer.precision: '32-true' vs now 'bf16-mixed'"]

@@ -72,6 +72,7 @@ def test_rerunning_with_ckpt_path_last_resumes_skips_a_finished_run_and_refuses_
     first = run_command("train", common, run_dir)  # nothing there yet: from the beginning
     assert "starting from the beginning" in first.stderr + first.stdout
     uninterrupted = load_checkpoint(checkpoints / "last.ckpt")["state_dict"]
+    curves = (run_dir / "csv" / "metrics.csv").read_text()
     # cut off after its first epoch: last.ckpt is that epoch's, no metrics.json
     shutil.copy(checkpoints / "e0.ckpt", checkpoints / "last.ckpt")
     (run_dir / "metrics.json").unlink()
@@ -81,6 +82,8 @@ def test_rerunning_with_ckpt_path_last_resumes_skips_a_finished_run_and_refuses_
     assert all(torch.equal(value, resumed[key]) for key, value in uninterrupted.items())
     record = (run_dir / "metrics.json").read_bytes()
     assert len(read_metrics(run_dir)["sittings_s"]) == 2
+    # the curves stay whole: the first sitting's rows kept, the epochs after its checkpoint logged once
+    assert (run_dir / "csv" / "metrics.csv").read_text() == curves
 
     third = run_command("train", common, run_dir)  # finished: nothing is retrained or rewritten
     assert "has finished" in third.stderr + third.stdout and (run_dir / "metrics.json").read_bytes() == record
