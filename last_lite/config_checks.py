@@ -414,6 +414,22 @@ def is_execution_key(key: str) -> bool:
     return key.split(".")[0] in EXECUTION_KEYS or key.endswith(EXECUTION_SUFFIXES) or key in EXECUTION_OPTIONS
 
 
+def without_execution_keys(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``config`` (plain containers) without the keys of :func:`is_execution_key`, at any depth (a
+    group left empty by that goes too: ``teacher: {compile: true}`` is ``{}``)."""
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if is_execution_key(key):
+            continue
+        if isinstance(v, Mapping) and v:
+            v = without_execution_keys(v, key)
+            if not v:
+                continue
+        out[k] = v
+    return out
+
+
 def flatten_config(obj: Any, prefix: str = "") -> dict[str, Any]:
     """A nested config (plain containers) as ``{"dotted.key": value}``."""
     if isinstance(obj, dict):

@@ -5,9 +5,11 @@ A *stage* is one command of the package (``train``, ``distill``, ``pretrain``, `
 so each has its own Hydra run and a crash stays inside it.
 
 Identity: the SHA-256 of the stage's own composed config (the command's root config with the
-stage's overrides: data, model, recipe, seed...), its overrides and the fingerprints of the
-stages it consumes (their metrics.json), with the pipeline run folder written as ``${run}`` so a
-copied run folder keeps its hashes. The pipeline's thresholds are not part of it: changing one
+stage's overrides: data, model, recipe, seed...) less its execution keys (where and how it runs
+and logs: ``paths``, ``threads``, ``logger``, ``teacher.compile``...;
+``last_lite.config_checks.EXECUTION_KEYS``), its overrides and the fingerprints of the stages it
+consumes (their metrics.json), with the pipeline run folder written as ``${run}`` so a copied run
+folder keeps its hashes. The pipeline's thresholds are not part of it: changing one
 reuses every finished stage.
 
 The state file ``<run folder>/pipeline_state.json`` (written atomically) records per stage its
@@ -28,8 +30,8 @@ arguments are how a stage runs, not what it computes: they are left out of its i
 
 Adoption: a stage that is not done may instead take a finished run made outside the pipeline
 (``tree.adopt.<stage>=<run folder>``, e.g. a Path A run trained by hand). The run's resolved
-``config.yaml`` must equal the stage's composed config, except for where it ran (``hydra``,
-``paths``, output folders, ``threads``, ``ckpt_path``, cache folders); two paths are equal when they
+``config.yaml`` must equal the stage's composed config, except for where and how it ran (``hydra``,
+``paths``, output folders, ``threads``, ``ckpt_path``, ``logger``, cache folders); two paths are equal when they
 name the same file, files with the same bytes, or checkpoints holding the same weights. A run made
 before a config group was renamed (``distill:`` for today's ``kd:``, ``export:`` / ``backend:``,
 ``pretrain:`` / ``maskclr:``; ``last_lite.config_checks.RENAMED_GROUPS``) is compared under today's
@@ -57,7 +59,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from last_lite.config_checks import current_spelling, differing_keys, flatten_config, former_keys, is_execution_key
+from last_lite.config_checks import (current_spelling, differing_keys, flatten_config, former_keys, is_execution_key,
+                                     without_execution_keys)
 from last_lite.io import atomic_write_json, process_start_id, same_process_alive
 
 log = logging.getLogger("last_lite.pipeline")
@@ -367,7 +370,8 @@ class StageRunner:
         ident = {"command": stage.command,  # overrides in today's spelling: a former one is the same stage
                  "overrides": [current_spelling(o, stage.command) for o in stage.overrides
                                if not o.startswith("hydra.")],
-                 "config": self.identity(stage),
+                 # what the stage computes: a change of how it runs or logs does not make it stale
+                 "config": without_execution_keys(self.identity(stage)),
                  "inputs": {name: self.state.fingerprint(name) for name in stage.inputs}}
         text = json.dumps(ident, sort_keys=True, default=str)
         text = text.replace(str(self.state.run_dir.resolve()), RUN_TOKEN).replace(str(self.state.run_dir), RUN_TOKEN)

@@ -230,6 +230,9 @@ def test_an_interrupted_training_stage_resumes_from_last_ckpt_and_a_failed_one_s
     assert stages.actions["teacher"] == "resumed" and not (tmp_path / "_aside").exists()
     # the resume's arguments are not the stage's identity: the record's hash is the first run's
     assert StageRunner(state, identity=lambda s: {"x": 1}, runner=finishes).ensure(stage)["last_action"] == "reused"
+    # nor is how it runs or logs (execution keys, e.g. a new default logger): still the same stage
+    how = {"x": 1, "logger": {"csv": {"_target_": "Other"}}, "threads": 2, "teacher": {"compile": True}}
+    assert StageRunner(state, identity=lambda s: how, runner=finishes).ensure(stage)["last_action"] == "reused"
 
     # an interrupted run whose config changed meanwhile starts over, as does a failed one
     for change, status in (({"x": 2}, "running"), ({"x": 1}, "failed")):
