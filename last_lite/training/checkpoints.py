@@ -44,7 +44,7 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError and friends
-        raise ValueError(f"cannot load {path} as a weights-only checkpoint: {exc}") from exc
+        raise ValueError(f"cannot load {path} as a weights-only checkpoint: {type(exc).__name__}: {exc}") from exc
 
 
 def newest_checkpoint(candidates: list[Path]) -> Path | None:
@@ -62,7 +62,12 @@ def load_model_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file not found: {path}")
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # SafetensorError: a damaged or truncated file
+            raise ValueError(f"cannot load {path} as safetensors: {exc}") from exc
     state = load_checkpoint(path).get("state_dict")
     if state is None:
         raise ValueError(f"{path} has no 'state_dict'")

@@ -135,6 +135,13 @@ def test_encoders_are_written_as_safetensors_and_read_without_pickle(tmp_path):
     student = create_model("last_lite_nano", num_classes=7)
     report = init_from(student, path)
     assert weights and report["loaded"] and all(not n.startswith("classifier") for n in report["loaded"])
+    # a truncated or missing file is named, not a bare safetensors error
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match=f"cannot load {truncated} as safetensors"):
+        init_from(student, truncated)
+    with pytest.raises(FileNotFoundError, match="weights file not found"):
+        init_from(student, tmp_path / "absent.safetensors")
 
 
 # ------------------------------------------------------------------------------------------------
