@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 
 # Parameter-name prefixes of classifier heads, re-initialised when the class count differs.
 HEAD_PREFIXES = ("classifier.", "fc.", "head.")
+# Hyper-parameters only MaskCLR pretraining saves (training/path_c/maskclr.py): its head is untrained.
+PRETRAINING_HPARAMS = ("mask_ratio", "recon_weight", "clr_weight")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -115,6 +117,10 @@ def load_trained_model(path: str | Path) -> tuple[nn.Module, dict]:
     hparams = checkpoint.get("hyper_parameters") or {}
     if not hparams.get("model_spec"):
         raise ValueError(f"{path} has no hyper_parameters.model_spec: it was not written by a last_lite command")
+    if all(key in hparams for key in PRETRAINING_HPARAMS):
+        raise ValueError(f"{path} is a MaskCLR pretraining checkpoint: its classifier was never trained. "
+                         f"Fine-tune or distill from its encoder first (train or distill with "
+                         f"init_from={Path(path).resolve().parent.parent / 'encoder.safetensors'})")
     model = build_model(hparams["model_spec"])
     weights = {k[len("model."):]: v for k, v in (checkpoint.get("state_dict") or {}).items()
                if k.startswith("model.")}

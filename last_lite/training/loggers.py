@@ -29,7 +29,9 @@ def _step(row: dict) -> float:
 class ResumableExperimentWriter(ExperimentWriter):
     def _check_log_dir_exists(self) -> None:  # Lightning's deletes the earlier metrics.csv here
         self.earlier_rows: list[dict] = []
-        if self._fs.isfile(self.metrics_file_path):
+        if not isinstance(self._fs, LocalFileSystem):  # a remote log folder (s3://...): Lightning's way
+            super()._check_log_dir_exists()
+        elif self._fs.isfile(self.metrics_file_path):
             with self._fs.open(self.metrics_file_path, "r", newline="") as file:
                 self.earlier_rows = [{k: v for k, v in row.items() if k is not None}
                                      for row in csv.DictReader(file)]
@@ -47,11 +49,7 @@ class ResumableExperimentWriter(ExperimentWriter):
         writer = csv.DictWriter(buffer, fieldnames=self.metrics_keys)
         writer.writeheader()
         writer.writerows([*kept, *self.metrics])
-        if isinstance(self._fs, LocalFileSystem):
-            atomic_write_text(self.metrics_file_path, buffer.getvalue())
-        else:
-            with self._fs.open(self.metrics_file_path, "w", newline="") as file:
-                file.write(buffer.getvalue())
+        atomic_write_text(self.metrics_file_path, buffer.getvalue())
         self.metrics = []
 
 

@@ -13,7 +13,7 @@ from last_lite.data.datamodule import SkeletonDataModule
 from last_lite.data.sources.synthetic import SyntheticSource
 from last_lite.models import create_model
 from last_lite.training.base import weight_decay_groups
-from last_lite.training.checkpoints import init_from, load_checkpoint
+from last_lite.training.checkpoints import init_from, load_checkpoint, load_trained_model
 from last_lite.training.path_c.maskclr import (MaskCLRModule, encoder_state, masked_mse, nt_xent,
                                                recalibrate_batchnorm, save_encoder)
 
@@ -161,6 +161,9 @@ def test_pretrain_entry_trains_two_epochs_and_writes_an_encoder_a_student_loads(
     report = init_from(student, encoder)
     assert len(report["loaded"]) == metrics["encoder_tensors"] == len(student.state_dict()) - len(HEAD)
     assert set(report["new"]) == HEAD and not report["skipped"]
+    # its checkpoint's classifier was never trained: evaluate and export refuse it, naming the encoder
+    with pytest.raises(ValueError, match=f"MaskCLR pretraining checkpoint.*init_from={encoder}"):
+        load_trained_model(tmp_path / "checkpoints" / "last.ckpt")
 
 
 def test_pretraining_at_the_field_recipes_checkpoint_settings_writes_last_ckpt_and_an_encoder(tmp_path):
