@@ -166,8 +166,18 @@ def resume_newest(cfg: DictConfig, output_dir: Path,
             raise ValueError(f"ckpt_path=last: {output_dir} holds a run of another config ("
                              + "; ".join(differences) + "). Choose another hydra.run.dir, or resume "
                              "with a changed config on purpose with ckpt_path=<its checkpoint file>")
-        if (output_dir / "metrics.json").is_file():
-            record = json.loads((output_dir / "metrics.json").read_text(encoding="utf-8"))
+        metrics_file = output_dir / "metrics.json"
+        try:
+            record = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else None
+            if record is not None and not isinstance(record, dict):
+                raise ValueError(f"a JSON {type(record).__name__}, not an object")
+        except (UnicodeDecodeError, ValueError) as error:  # damaged: the run's last step writes it again
+            aside = metrics_file.with_name(f"metrics.json.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+            metrics_file.rename(aside)
+            log.warning("ckpt_path=last: %s is damaged (%s); moved to %s, the run's last step writes it again",
+                        metrics_file, error, aside.name)
+            record = None
+        if record is not None:
             if complete is None or complete(record):
                 log.info("ckpt_path=last: %s has finished (metrics.json); nothing to do", output_dir)
                 return record

@@ -92,6 +92,14 @@ def test_rerunning_with_ckpt_path_last_resumes_skips_a_finished_run_and_refuses_
     assert other.returncode != 0 and "holds a run of another config (optim.lr: 0.1 vs now 0.01)" in other.stderr
     assert (run_dir / "metrics.json").read_bytes() == record
 
+    (run_dir / "metrics.json").write_text('{"top1": 0.')  # damaged: moved aside, the last step redone
+    fourth = run_command("train", common, run_dir)
+    assert "is damaged" in fourth.stderr + fourth.stdout
+    assert [p.read_text() for p in run_dir.glob("metrics.json.damaged-*")] == ['{"top1": 0.']
+    assert read_metrics(run_dir)["epochs"] == 3 and torch.equal(
+        load_checkpoint(checkpoints / "last.ckpt")["state_dict"]["model.classifier.weight"],
+        uninterrupted["model.classifier.weight"])
+
 
 def test_weight_decay_skips_biases_norms_gate_alphas_edges_and_the_pooling_gate():
     model = create_model("last_e_v3_base", num_classes=10)
