@@ -100,6 +100,11 @@ def test_rerunning_with_ckpt_path_last_resumes_skips_a_finished_run_and_refuses_
         load_checkpoint(checkpoints / "last.ckpt")["state_dict"]["model.classifier.weight"],
         uninterrupted["model.classifier.weight"])
 
+    (run_dir / "metrics.json").unlink()  # a damaged checkpoint is named before Lightning reads it
+    (checkpoints / "last.ckpt").write_bytes((checkpoints / "e0.ckpt").read_bytes()[:1000])
+    fifth = run_command("train", common, run_dir, check=False)
+    assert fifth.returncode != 0 and f"ckpt_path=last: a checkpoint in {run_dir} cannot be read" in fifth.stderr
+
 
 def test_weight_decay_skips_biases_norms_gate_alphas_edges_and_the_pooling_gate():
     model = create_model("last_e_v3_base", num_classes=10)
