@@ -51,11 +51,10 @@ def load_checkpoint(path: str | Path) -> dict:
 
 def newest_checkpoint(candidates: list[Path]) -> Path | None:
     """Of the checkpoints that exist among ``candidates``, the one furthest on (its global step),
-    e.g. the epoch-end ``last.ckpt`` or a later every-N-steps ``step.ckpt``; None when none exists."""
+    e.g. the epoch-end ``last.ckpt`` or a later every-N-steps ``step.ckpt``; None when none exists.
+    Each is read, so a damaged one raises ``ValueError`` naming it (before a resume trips on it)."""
     present = [Path(p) for p in candidates if Path(p).is_file()]
-    if len(present) < 2:  # nothing to compare: no checkpoint is read
-        return present[0] if present else None
-    return max(present, key=lambda p: int(load_checkpoint(p).get("global_step", 0)))
+    return max(present, key=lambda p: int(load_checkpoint(p).get("global_step", 0)), default=None)
 
 
 def load_model_weights(path: str | Path) -> dict[str, torch.Tensor]:

@@ -28,7 +28,7 @@ from last_lite.console import quiet
 from last_lite.io import atomic_write_text
 from last_lite.models.profile import count_parameters
 from last_lite.training.base import ClassifierPhase, PhaseModule
-from last_lite.training.checkpoints import AtomicCheckpointIO, init_from, load_checkpoint, newest_checkpoint
+from last_lite.training.checkpoints import AtomicCheckpointIO, init_from, newest_checkpoint
 from last_lite.training.confusion import save_confusion_matrix
 from last_lite.training.precision import checkpoint_precisions, resolve_trainer_precision
 from last_lite.training.records import metrics_record, write_metrics
@@ -185,10 +185,8 @@ def resume_newest(cfg: DictConfig, output_dir: Path,
     checkpoints = [Path(spec.dirpath) / f"{spec.filename}.ckpt"
                    for name in ("last_checkpoint", "step_checkpoint")
                    if (spec := (cfg.get("callbacks") or {}).get(name)) is not None]
-    try:
+    try:  # a damaged file is named here, not deep inside Lightning's restore
         newest = newest_checkpoint(checkpoints)
-        if newest is not None:
-            load_checkpoint(newest)  # a damaged file is named here, not deep inside Lightning's restore
     except ValueError as error:
         raise ValueError(f"ckpt_path=last: a checkpoint in {output_dir} cannot be read; move it aside to start "
                          f"the run over, or resume from another one with ckpt_path=<file> ({error})") from error
