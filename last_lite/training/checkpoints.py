@@ -46,7 +46,19 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError and friends
-        raise ValueError(f"cannot load {path} as a weights-only checkpoint: {type(exc).__name__}: {exc}") from exc
+        raise ValueError(f"cannot load {path} as a weights-only checkpoint: {_load_failure(exc)}") from exc
+
+
+def _load_failure(exc: Exception) -> str:
+    """Why torch.load(weights_only=True) refused a file, without torch's advice to unpickle it anyway."""
+    text = str(exc).partition("WeightsUnpickler error:")[2] or str(exc)
+    reason = text.strip().split("\n", 1)[0] or type(exc).__name__
+    if "Unsupported global" in reason:
+        name = reason.split("GLOBAL ", 1)[-1].split(" was not", 1)[0]
+        return (f"it holds a Python object ({name}) that only a full unpickle rebuilds, which can run any "
+                "code; last_lite reads tensors and plain values only. Re-save the tensors (e.g. the "
+                "state_dict) where you trust the file")
+    return f"not a PyTorch checkpoint, or a damaged one ({type(exc).__name__}: {reason})"
 
 
 def newest_checkpoint(candidates: list[Path]) -> Path | None:

@@ -43,8 +43,9 @@ def test_a_checkpoint_holding_a_pickled_object_is_refused_and_its_code_never_run
     assert marker.exists()
     marker.unlink()
 
-    with pytest.raises(ValueError, match="weights-only"):
+    with pytest.raises(ValueError, match=r"weights-only checkpoint: it holds a Python object \(io.open\)") as refused:
         load_checkpoint(ckpt)
+    assert "weights_only` set to `False`" not in str(refused.value)  # torch's advice to unpickle it anyway
     with pytest.raises(ValueError, match="weights-only"):
         load_model_weights(ckpt)
     with pytest.raises(ValueError, match="weights-only"):
@@ -60,6 +61,17 @@ def test_a_checkpoint_holding_a_pickled_object_is_refused_and_its_code_never_run
     with pytest.raises(Exception, match="(?i)weights_only|unpickl"):
         trainer.fit(_Tiny(), train_dataloaders=data, ckpt_path=ckpt, weights_only=True)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"# a README, not a checkpoint\n", "truncated"])
+def test_a_file_that_is_no_checkpoint_is_named_as_such(tmp_path, content):
+    ckpt = tmp_path / "run.ckpt"
+    if content == "truncated":
+        torch.save({"state_dict": {"model.w": torch.ones(64)}}, ckpt)
+        content = ckpt.read_bytes()[:200]
+    ckpt.write_bytes(content)
+    with pytest.raises(ValueError, match=r"run.ckpt as a weights-only checkpoint: not a PyTorch checkpoint, or a damaged one"):
+        load_checkpoint(ckpt)
 
 
 class _Tiny(L.LightningModule):
