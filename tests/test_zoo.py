@@ -1,7 +1,9 @@
 """The shipped zoo: models load by name, and a file whose hash differs is refused."""
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -83,3 +85,31 @@ def test_shipped_int8_models_run_in_the_runtime_by_zoo_name(name):
     frames = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     predictions = list(rec.stream(frames))
     assert predictions and predictions[-1].label in rec.info.class_names
+
+
+UCLA_CLIPS = Path(os.environ.get("LAST_LITE_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"),
+                  "nw_ucla", "all_sqe")
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(not UCLA_CLIPS.is_dir(), reason=f"NW-UCLA not found at {UCLA_CLIPS} (../shared/data is absent "
+                                                    "in a user's clone)")
+@pytest.mark.parametrize("name", sorted(n for n, e in zoo_index().items()
+                                        if "onnx_int8" in e and e["data_spec"].get("dataset") == "nw_ucla"))
+def test_the_runtime_on_the_released_nw_ucla_files_scores_what_the_zoo_records(name):
+    """Every test-view clip as released (all_sqe/*_v03.json) through the edge runtime's own reader and
+    preprocessing: the INT8 model's accuracy is the one measured at export through the training
+    data pipeline, to the clip."""
+    from last_lite.data.sources.nw_ucla import read_sample
+    from last_lite.runtime import ActionRecognizer
+    from last_lite.runtime.__main__ import input_layout, load_recording, resolve_model
+
+    rec = ActionRecognizer(resolve_model(f"zoo:{name}"), threads=1)
+    clips = sorted(UCLA_CLIPS.glob("a*_s*_e*_v03.json"))
+    right = 0
+    for clip in clips:
+        rec.set_input_layout(input_layout(str(clip), rec))
+        _, whole = load_recording(str(clip), rec)
+        right += rec.predict_clip(whole).class_index == read_sample(clip)[1]
+    assert len(clips) == 464
+    assert right == round(zoo_index()[name]["onnx_int8"]["test_top1"] * len(clips))

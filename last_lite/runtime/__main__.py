@@ -8,6 +8,7 @@ Inputs:
 - ``.skeleton``: an NTU RGB+D file; parsed and denoised (at most two actors) as the NTU
   preprocessing does (``--no-denoise`` keeps the bodies as listed per frame);
 - ``.npy``: keypoints (T, V, C) or (M, T, V, C);
+- ``.json`` holding one document ``{"skeletons": [T][V][C]}``: an NW-UCLA ``all_sqe`` clip;
 - anything else (``.jsonl``, ``.json``...) or ``-`` (stdin): JSON lines, one frame per line,
   ``{"persons": [[[x, y, z], ...V joints], ...persons]}`` (a bare list of persons works too;
   ``null`` marks an absent joint or person). See docs/runtime.md.
@@ -25,7 +26,7 @@ import numpy as np
 
 from last_lite.adapters import AdapterError, layout_from_joint_count
 from last_lite.runtime.inputs import (InputError, ModelFileError, frames_from_json_lines, read_npy_recording,
-                                      read_npy_shape)
+                                      read_npy_shape, read_skeletons_document)
 from last_lite.runtime.recognizer import ActionRecognizer
 
 
@@ -90,6 +91,9 @@ def load_recording(source: str, rec: ActionRecognizer, denoise: bool = True,
         return frames_from_array(x), x
     if not path.is_file():
         raise InputError(f"input {path} is not a regular file")
+    x = read_skeletons_document(path, joints, channels) if path.suffix == ".json" else None
+    if x is not None:
+        return frames_from_array(x), x
     try:
         stream = path.open("rb")
     except OSError as exc:
@@ -104,7 +108,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="an .onnx, .ort or .tflite model written by last_lite.export, or zoo:<name>[:onnx_fp32] for a "
                         "shipped one (INT8 by default), e.g. zoo:nw_ucla/last_lite_small")
     p.add_argument("--input", required=True,
-                   help="a .skeleton (NTU), .npy ((T,V,C) or (M,T,V,C)) or JSON-lines file, or - (stdin)")
+                   help="a .skeleton (NTU), .npy ((T,V,C) or (M,T,V,C)), .json (NW-UCLA: {\"skeletons\": [T][V][C]}) "
+                        "or JSON-lines file, or - (stdin)")
     p.add_argument("--window", type=int, default=None, help="frames of history (default: clip length)")
     p.add_argument("--stride", type=int, default=None, help="predict every N frames (default: clip/8)")
     p.add_argument("--min-frames", type=int, default=None,
@@ -117,21 +122,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-denoise", action="store_true", help=".skeleton: keep bodies as listed")
     p.add_argument("--layout", default=None,
                    help="the input's skeleton layout (ntu25, ucla20, mediapipe33, coco17, openpose18), "
-                        "adapted to the model's; default: ntu25 for .skeleton, from a .npy's joint count "
+                        "adapted to the model's; default: ntu25 for .skeleton, from a .npy's or .json's joint count "
                         "where one layout has it, else the model's")
     return p.parse_args(argv)
 
 
 def input_layout(source: str, rec: ActionRecognizer, given: str | None = None) -> str | None:
     """The input's layout: ``given``, else ntu25 for an NTU ``.skeleton``, else the built-in layout
-    with a ``.npy``'s joint count (when it differs from the model's), else None (the model's)."""
+    with a ``.npy``'s (or a JSON ``skeletons`` document's) joint count (when it differs from the
+    model's), else None (the model's)."""
     if given:
         return given
     path = Path(source)
     if source != "-" and path.suffix == ".skeleton":
         return "ntu25"
+    shape = None
     if source != "-" and path.suffix == ".npy" and path.is_file():
         shape = read_npy_shape(path)
+    elif source != "-" and path.suffix == ".json" and path.is_file():
+        document = read_skeletons_document(path)
+        shape = None if document is None else document.shape
+    if shape is not None:
         joints = shape[-2] if len(shape) in (3, 4) else rec.num_joints
         if joints != rec.num_joints:
             guess = layout_from_joint_count(joints)

@@ -8,7 +8,9 @@ One reader per input kind, each bounded by what the model can use before anythin
   model's persons, joints and channels), parsed and checked; a bad line is reported through
   ``report(line_number, reason)`` and skipped, the stream goes on;
 - ``.npy`` (:func:`read_npy_recording`): the header is checked (dtype, shape, joints, channels,
-  persons, frames) before the data is mapped, not read.
+  persons, frames) before the data is mapped, not read;
+- a whole-file JSON document ``{"skeletons": [T][V][C]}`` (:func:`read_skeletons_document`; the
+  NW-UCLA ``all_sqe`` release, CTR-GCN's format): at most :data:`MAX_DOCUMENT_BYTES`.
 
 Every refusal is an :class:`InputError` (a ``ValueError``) or, for the model, a
 :class:`ModelFileError`; nothing else escapes.
@@ -28,12 +30,13 @@ from typing import Any, BinaryIO, Callable, Iterator, Mapping
 
 import numpy as np
 
-__all__ = ["InputError", "MAX_COORD", "MAX_FRAMES", "MAX_MODEL_BYTES", "ModelFileError",
-           "clean_frame", "frames_from_json_lines", "read_model_bytes", "read_npy_recording",
-           "read_npy_shape"]
+__all__ = ["InputError", "MAX_COORD", "MAX_DOCUMENT_BYTES", "MAX_FRAMES", "MAX_MODEL_BYTES",
+           "ModelFileError", "clean_frame", "frames_from_json_lines", "read_model_bytes",
+           "read_npy_recording", "read_npy_shape", "read_skeletons_document"]
 
 MAX_MODEL_BYTES = 2 << 30   # protobuf's own limit
 MAX_FRAMES = 1 << 20        # frames in one .npy recording (~10 h at 30 fps)
+MAX_DOCUMENT_BYTES = 64 << 20  # one JSON document read whole (NW-UCLA's largest clip is ~0.2 MB)
 MAX_COORD = 1e6             # |coordinate| above this is not a skeleton (and overflows float32 maths)
 _NUMBER_CHARS = 24          # generous characters per number in a JSON frame
 
@@ -290,3 +293,41 @@ def read_npy_shape(path: str | os.PathLike) -> tuple[int, ...]:
             return _npy_header(fh, path, st.st_size)[1]
     except OSError as exc:
         raise InputError(f"{path} cannot be read: {exc.strerror or exc}") from None
+
+
+def read_skeletons_document(path: str | os.PathLike, num_joints: int | None = None,
+                            channels: int | None = None) -> np.ndarray | None:
+    """A whole-file JSON document ``{"skeletons": [T][V][C], ...}`` (NW-UCLA's ``all_sqe`` files,
+    CTR-GCN's format; other keys such as ``label`` ignored) as (1, T, V, C) float32 with non-finite
+    joints absent, or None when the file is not one such document (JSON lines, or over
+    :data:`MAX_DOCUMENT_BYTES`: left to the streaming reader). ``num_joints`` / ``channels``, when
+    given, must match."""
+    path = Path(path)
+    st = _regular_file(path, "input file", InputError)
+    if st.st_size > MAX_DOCUMENT_BYTES:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            doc = json.loads(fh.read(MAX_DOCUMENT_BYTES))
+    except OSError as exc:
+        raise InputError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    except (ValueError, RecursionError):  # several documents (JSON lines) or not JSON at all
+        return None
+    if not isinstance(doc, dict) or "skeletons" not in doc:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an overflowing number becomes inf: an absent joint below
+            skeletons = np.asarray(doc["skeletons"], dtype=np.float64)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InputError(f'{path}: "skeletons" must be [T][V][C] numbers ({type(exc).__name__})') from None
+    if skeletons.ndim == 2:  # a single frame stored without its frame axis, as NW-UCLA has
+        skeletons = skeletons[None]
+    if skeletons.ndim != 3:
+        raise InputError(f'{path}: "skeletons" must be [T][V][C], got shape {skeletons.shape}')
+    t, v, c = skeletons.shape
+    if num_joints is not None and (v, c) != (num_joints, channels):
+        raise InputError(f"{path}: {v} joints of {c} values, the model expects {num_joints} of {channels}")
+    if t > MAX_FRAMES:
+        raise InputError(f"{path}: {t} frames, more than {MAX_FRAMES}")
+    return _finite_array(skeletons[None], str(path))

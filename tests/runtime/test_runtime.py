@@ -4,6 +4,7 @@ window, normalize_clip parity, the CLI on every input kind, and importing withou
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -189,10 +190,15 @@ def test_cli_on_json_lines_stdin_npy_and_skeleton(model_path, tmp_path):
     np.save(tmp_path / "rec.npy", x)
     sk = tmp_path / "S001C001P001R001A001.skeleton"
     sk.write_text(format_skeleton([[(72057594037931101, x[0, t])] for t in range(24)]))
+    document = tmp_path / "a01_s01_e00_v03.json"  # NW-UCLA's all_sqe format: one document, not lines
+    document.write_text(json.dumps({"file_name": document.stem, "label": 1, "skeletons": x[0].tolist()}))
+    (tmp_path / "lines.json").write_text(lines)  # JSON lines named .json: still read line by line
 
     outputs = {}
     for name, args, stdin in (("jsonl", ["--input", str(jl)], None), ("stdin", ["--input", "-"], lines),
                               ("npy", ["--input", str(tmp_path / "rec.npy")], None),
+                              ("document", ["--input", str(document)], None),
+                              ("lines.json", ["--input", str(tmp_path / "lines.json")], None),
                               ("skeleton", ["--input", str(sk)], None)):
         proc = _cli("--model", str(model_path), "--stride", "4", "--json", *args, stdin=stdin)
         assert proc.returncode == 0, (name, proc.stderr)
@@ -203,7 +209,7 @@ def test_cli_on_json_lines_stdin_npy_and_skeleton(model_path, tmp_path):
         assert summary["predictions"] == len(windows) == 3 and summary["p95_ms"] >= summary["p50_ms"] > 0
         assert [w["frame_index"] for w in windows] == [15, 19, 23]
         outputs[name] = [(w["class_index"], round(w["score"], 4)) for w in windows]
-    assert outputs["jsonl"] == outputs["stdin"] == outputs["npy"]
+    assert outputs["jsonl"] == outputs["stdin"] == outputs["npy"] == outputs["document"] == outputs["lines.json"]
     # the .skeleton text keeps ~7 significant digits: same classes
     assert [c for c, _ in outputs["skeleton"]] == [c for c, _ in outputs["npy"]]
 
@@ -212,3 +218,8 @@ def test_cli_on_json_lines_stdin_npy_and_skeleton(model_path, tmp_path):
     assert "whole recording (24 frames)" in proc.stdout and "p50" in proc.stdout
     bad = _cli("--model", str(model_path), "--input", str(tmp_path / "missing.jsonl"))
     assert bad.returncode != 0 and "no such input file" in bad.stderr
+    for skeletons, message in (([[[0.0, 1.0, 2.0]], [[0.0]]], r'"skeletons" must be \[T\]\[V\]\[C\] numbers'),
+                               ([[[0.0, 1.0, 2.0]] * 20], "20 joints of 3 values, the model expects 25 of 3")):
+        document.write_text(json.dumps({"skeletons": skeletons}))
+        bad = _cli("--model", str(model_path), "--input", str(document), "--layout", "ntu25")
+        assert bad.returncode == 2 and re.search(message, bad.stderr), bad.stderr
