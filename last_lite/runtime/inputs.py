@@ -308,7 +308,7 @@ def read_skeletons_document(path: str | os.PathLike, num_joints: int | None = No
         return None
     try:
         with open(path, "rb") as fh:
-            doc = json.loads(fh.read(MAX_DOCUMENT_BYTES))
+            doc = json.loads(fh.read(st.st_size))  # read(n) allocates n bytes up front: the file's size
     except OSError as exc:
         raise InputError(f"{path} cannot be read: {exc.strerror or exc}") from None
     except (ValueError, RecursionError):  # several documents (JSON lines) or not JSON at all

@@ -3,7 +3,8 @@
 Each suite builds valid files of its format, then damages them (truncation, byte flips, junk,
 non-UTF-8 bytes, wrong joint counts, huge declared counts, NaN and inf, empty files) and checks
 that the reader either returns a well-formed result or raises the project's own error naming the
-file (``SkeletonFormatError``, a ``ValueError`` subclass, or ``StoreError`` for stores) -- never an
+file (``SkeletonFormatError``, a ``ValueError`` subclass, ``StoreError`` for stores, ``InputError``
+for the edge runtime's reader of NW-UCLA files) -- never an
 unrelated exception, never a hang (a SIGALRM time limit per case) and never a large allocation
 (a tracemalloc peak bound per case; numpy reports its buffers to tracemalloc).
 
@@ -36,6 +37,7 @@ from last_lite.data.sources.ctrgcn import CTRGCNSource
 from last_lite.data.sources.custom import CustomSource
 from last_lite.data.sources.nw_ucla import read_sample
 from last_lite.data.store import SkeletonStore, StoreError, StoreWriter
+from last_lite.runtime.inputs import read_skeletons_document
 
 SCALE = float(os.environ.get("LAST_LITE_FUZZ_SCALE", "1"))
 RANDOM = os.environ.get("LAST_LITE_FUZZ_RANDOM", "") not in ("", "0")
@@ -219,6 +221,14 @@ def test_nw_ucla_reader_fuzz(tmp_path):
             skel, label = res
             assert skel.ndim == 4 and skel.shape[0] == 1 and skel.shape[2:] == (20, 3)
             assert 0 <= label < 10
+        assert peak <= 16 * MB + 200 * len(data), f"{peak} bytes for a {len(data)}-byte file"
+        # the edge runtime's reader of the same files: an array, None (not one document) or InputError
+        res, err, peak = bounded_call(read_skeletons_document, path, 20, 3)
+        if err is not None:
+            _assert_names(err, path)
+        elif res is not None:
+            assert res.dtype == np.float32 and res.shape[0] == 1 and res.shape[2:] == (20, 3)
+            assert np.isfinite(res).all()
         assert peak <= 16 * MB + 200 * len(data), f"{peak} bytes for a {len(data)}-byte file"
 
     check()
