@@ -2,8 +2,8 @@
 [--layout NAME] [--true LABEL] [--model zoo:...|FILE]``.
 
 ``CLIP`` is any clip of any layout: an NTU ``.skeleton`` (ntu25), a ``.npy`` (T, V, C) or
-(M, T, V, C) (layout from ``--layout`` or the joint count), JSON lines (one frame per line as the
-runtime reads them), or a store sample ``store:<store folder>:<index or sample name>`` (its true
+(M, T, V, C) or a ``.json`` document ``{"skeletons": [T][V][C]}`` (an NW-UCLA clip as released; layout
+from ``--layout`` or the joint count), JSON lines (one frame per line as the runtime reads them), or a store sample ``store:<store folder>:<index or sample name>`` (its true
 label from the store). ``--model`` predicts on the clip with the edge runtime (the layout adapted
 to the model's) and writes the predicted label and score beside the true one.
 
@@ -157,8 +157,15 @@ def load_clip(source: str, layout: str | None = None, persons: int = 4) -> tuple
         if name is None:
             raise ValueError(f"{path}: {shape[-2]} joints: give the layout with --layout")
         return read_npy_recording(path, shape[-2], shape[-1], persons), name, None
+    from last_lite.runtime.inputs import frames_from_json_lines, read_skeletons_document
+
+    document = read_skeletons_document(path) if path.suffix == ".json" else None
+    if document is not None:  # an NW-UCLA all_sqe clip
+        name = layout or layout_from_joint_count(document.shape[-2])
+        if name is None:
+            raise ValueError(f"{path}: {document.shape[-2]} joints: give the layout with --layout")
+        return document, name, None
     # JSON lines: the joint and channel counts from the first frame with a person
-    from last_lite.runtime.inputs import frames_from_json_lines
 
     with open(path, "rb") as fh:
         first = None
@@ -189,7 +196,7 @@ def load_clip(source: str, layout: str | None = None, persons: int = 4) -> tuple
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m last_lite.render", description="Draw a skeleton clip as GIF or MP4.")
     p.add_argument("--input", required=True,
-                   help="a .skeleton, .npy, JSON-lines file, or store:<folder>:<index or name>")
+                   help="a .skeleton, .npy, NW-UCLA .json, JSON-lines file, or store:<folder>:<index or name>")
     p.add_argument("--out", required=True, help="the .gif or .mp4 to write")
     p.add_argument("--layout", help="the clip's layout (default: from the file or its joint count)")
     p.add_argument("--true", dest="true_label", help="the true label to write (a store sample has its own)")

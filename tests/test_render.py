@@ -25,3 +25,15 @@ def test_render_npy_jsonl_and_a_prediction(tmp_path, capsys):
     out = render_clip(x, layout, tmp_path / "c.gif", true_label="x", predicted="y 0.5")
     assert Image.open(out).n_frames == 6
     assert main(["--input", str(tmp_path / "c.jsonl"), "--out", str(tmp_path / "c.txt")]) == 2
+
+
+def test_render_an_nw_ucla_clip_as_released(tmp_path):
+    rng = np.random.default_rng(1)
+    skeletons = (rng.normal(size=(7, 20, 3)) * 0.2 + [0, 0, 3]).astype(np.float32)
+    clip = tmp_path / "a12_s10_e00_v03.json"
+    clip.write_text(json.dumps({"file_name": clip.stem, "label": 10, "skeletons": skeletons.tolist()}))
+    x, layout, true = load_clip(str(clip))
+    assert layout == "ucla20" and true is None
+    np.testing.assert_allclose(x, skeletons[None])
+    assert main(["--input", str(clip), "--out", str(tmp_path / "u.gif")]) == 0
+    assert Image.open(tmp_path / "u.gif").n_frames == 7
