@@ -2,9 +2,10 @@
 [--layout NAME] [--true LABEL] [--model zoo:...|FILE]``.
 
 ``CLIP`` is any clip of any layout: an NTU ``.skeleton`` (ntu25), a ``.npy`` (T, V, C) or
-(M, T, V, C) or a ``.json`` document ``{"skeletons": [T][V][C]}`` (an NW-UCLA clip as released; layout
-from ``--layout`` or the joint count), JSON lines (one frame per line as the runtime reads them), or a store sample ``store:<store folder>:<index or sample name>`` (its true
-label from the store). ``--model`` predicts on the clip with the edge runtime (the layout adapted
+(M, T, V, C) or a ``.json`` document ``{"skeletons": [T][V][C]}`` (an NW-UCLA clip as released;
+layout from ``--layout`` or the joint count), JSON lines (one frame per line as the runtime reads
+them), or a store sample ``store:<store folder>:<index or sample name>`` (its true label from the
+store). ``--model`` predicts on the clip with the edge runtime (the layout adapted
 to the model's) and writes the predicted label and score beside the true one.
 
 numpy + Pillow only (GIF); MP4 needs OpenCV (the demo environment has it). 3D clips are drawn

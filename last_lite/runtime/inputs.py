@@ -36,7 +36,7 @@ __all__ = ["InputError", "MAX_COORD", "MAX_DOCUMENT_BYTES", "MAX_FRAMES", "MAX_M
 
 MAX_MODEL_BYTES = 2 << 30   # protobuf's own limit
 MAX_FRAMES = 1 << 20        # frames in one .npy recording (~10 h at 30 fps)
-MAX_DOCUMENT_BYTES = 64 << 20  # one JSON document read whole (NW-UCLA's largest clip is ~0.2 MB)
+MAX_DOCUMENT_BYTES = 64 << 20  # one JSON document read whole (NW-UCLA's largest clip: 127 KB)
 MAX_COORD = 1e6             # |coordinate| above this is not a skeleton (and overflows float32 maths)
 _NUMBER_CHARS = 24          # generous characters per number in a JSON frame
 
