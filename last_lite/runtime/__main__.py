@@ -180,9 +180,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{info.layout if isinstance(info.layout, str) else 'custom'}, clip {info.clip_len}, "
               f"window {rec.window}, stride {rec.stride}, normalisation {info.prenormalize or 'none'}"
               + (f"; input {rec.adapter.source} adapted to {rec.adapter.target}" if rec.adapter else ""))
-    count = 0
     for pred in rec.stream(frames):
-        count += 1
         if args.json:
             print(json.dumps({"type": "window", **pred.as_dict(),
                               "top": pred.top(args.top, info.class_names)}), flush=True)
@@ -202,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"type": "summary", **summary}))
     elif summary.get("predictions"):
-        print(f"{summary['frames']} frames, {summary['predictions']} predictions; latency p50 "
+        made = summary["predictions"]
+        print(f"{summary['frames']} frames, {made} prediction{'' if made == 1 else 's'}; latency p50 "
               f"{summary['p50_ms']:.2f} ms, p95 {summary['p95_ms']:.2f} ms")
     else:
         print(f"{summary['frames']} frames, no prediction")
