@@ -38,6 +38,7 @@ import yaml
 
 from last_lite.config_checks import current_spelling, former_keys, is_execution_key
 from last_lite.io import atomic_write_text
+from last_lite.pipeline.state import last_logged_epoch
 
 
 #: a record's value for a key its config.yaml lacks (a config-group choice)
@@ -140,10 +141,11 @@ def collect(folder: Path) -> tuple[list[str], list[dict], dict[str, JobRecord]]:
             row[key] = value
             if key not in keys:
                 keys.append(key)
-        row["network"] = metrics.get("model")  # the one trained: a distill job's student
+        # the one trained: a distill job's student
+        row["network"] = metrics.get("model") or record.value_ran_with("model@student") or record.value_ran_with("model")
         row["test_top1"] = top1
         row["best_val_top1"] = metrics.get("best_val_top1")
-        row["status"] = "done" if metrics else "no metrics.json"
+        row["status"] = "done" if metrics else unfinished_status(job, record)
         ran_in[job.name] = metrics.get("precision")
         rows.append(row)
     if not rows:
@@ -156,6 +158,15 @@ def collect(folder: Path) -> tuple[list[str], list[dict], dict[str, JobRecord]]:
         if "trainer.precision" in keys and ran_in.get(row["job"]):
             row["trainer.precision"] = ran_in[row["job"]]  # what `auto` resolved to
     return ["job", "network", *keys, "test_top1", "best_val_top1", "status"], rows, records
+
+
+def unfinished_status(job: Path, record: JobRecord) -> str:
+    """A job without metrics.json: running or cut off at the last epoch its CSV logger flushed."""
+    epoch = last_logged_epoch(job)
+    if epoch is None:
+        return "no metrics.json, no epoch logged"
+    total = record.value_ran_with("trainer.max_epochs")
+    return f"no metrics.json, at epoch {epoch + 1}" + (f" of {total}" if total not in (None, UNKNOWN) else "")
 
 
 def _fmt(value) -> str:

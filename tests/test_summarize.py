@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from last_lite.summarize import write_paired_table, write_tables
+from last_lite.summarize import collect, write_paired_table, write_tables
 
 
 def _job(folder: Path, name: str, command: str, overrides: list[str], top1: float | None,
@@ -144,3 +144,19 @@ def test_a_kept_record_joins_a_sweep_with_its_config_values_and_can_be_the_refer
     assert _row(paired, "kd.tau=4.0")[0] == "kd.tau=4.0 (reference)"
     tau6 = _row(paired, "kd.tau=6")
     assert tau6[:4] == ["kd.tau=6", "2", "0 1", "95.25"] and tau6[5] == "+1.25" and tau6[-1] == "2"
+
+
+def test_an_unfinished_job_shows_how_far_its_curves_got(cells_folder):
+    """No metrics.json: the last epoch its CSV logger flushed, of the run's max_epochs (a running or
+    cut-off job), or that no epoch was logged; its network from its config-group choice."""
+    unfinished = cells_folder / "b_unfinished"
+    assert _row(write_tables(cells_folder), "b_unfinished")[-1] == "no metrics.json, no epoch logged"
+    config = yaml.safe_load((unfinished / ".hydra" / "config.yaml").read_text())
+    config["trainer"]["max_epochs"] = 65
+    (unfinished / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    (unfinished / "csv").mkdir()
+    rows = ["epoch,step,train/loss,lr-SGD"] + [f"{e},{e * 10 + 9},0.5," for e in range(7)] + ["6,69,,0.1"]
+    (unfinished / "csv" / "metrics.csv").write_text("\n".join(rows) + "\n")
+    assert _row(write_tables(cells_folder), "b_unfinished")[-1] == "no metrics.json, at epoch 7 of 65"
+    row = next(r for r in collect(cells_folder)[1] if r["job"] == "b_unfinished")
+    assert row["network"] == "last_lite_small"
