@@ -45,6 +45,21 @@ from last_lite.pipeline.state import last_logged_epoch
 UNKNOWN = "?"
 
 
+def canonical(value: str | None) -> str | None:
+    """One spelling per number (an override's ``4``, a config's ``4.0``), so that they share a cell."""
+    if value is None:
+        return None
+    try:
+        return str(int(value))
+    except ValueError:
+        pass
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return str(int(number)) if number.is_integer() else repr(number)
+
+
 def differs(values) -> bool:
     """More than one value, a record's unknown one matching any."""
     return len(set(values) - {UNKNOWN}) > 1
@@ -138,7 +153,7 @@ def collect(folder: Path) -> tuple[list[str], list[dict], dict[str, JobRecord]]:
             continue
         for item in record.overrides:
             key, _, value = current_spelling(str(item), record.command).partition("=")
-            row[key] = value
+            row[key] = canonical(value)
             if key not in keys:
                 keys.append(key)
         # the one trained: a distill job's student
@@ -154,7 +169,7 @@ def collect(folder: Path) -> tuple[list[str], list[dict], dict[str, JobRecord]]:
     for row in rows:
         for key in keys:
             if key not in row:
-                row[key] = records[row["job"]].value_ran_with(key)
+                row[key] = canonical(records[row["job"]].value_ran_with(key))
         if "trainer.precision" in keys and ran_in.get(row["job"]):
             row["trainer.precision"] = ran_in[row["job"]]  # what `auto` resolved to
     return ["job", "network", *keys, "test_top1", "best_val_top1", "status"], rows, records
@@ -214,7 +229,7 @@ class Cell:
 
     def matches(self, wanted: dict[str, str]) -> bool:
         values = dict(self.key)
-        return all(values.get(k) == v for k, v in wanted.items())
+        return all(values.get(k) == canonical(v) for k, v in wanted.items())
 
 
 def cells_of(folder: Path) -> list[Cell]:

@@ -137,11 +137,11 @@ def test_a_kept_record_joins_a_sweep_with_its_config_values_and_can_be_the_refer
              "student": {"name": "last_lite_small"}}))  # `model@student=` was once `student=`
         (record / "metrics.json").write_text(json.dumps({"top1": 0.94, "model": "last_lite_small"}))
     table = write_tables(folder)
-    assert _row(table, "preset_s1")[:3] == ["preset_s1", "4.0", "1"]  # kd.tau and seed from its config
+    assert _row(table, "preset_s1")[:3] == ["preset_s1", "4", "1"]  # kd.tau and seed from its config
     assert "model@student" not in table.splitlines()[0]  # unknown for the record, the same for the rest
     assert "`model@student=last_lite_small`" in table
     paired = write_paired_table(folder, {"kd.tau": "4.0"})
-    assert _row(paired, "kd.tau=4.0")[0] == "kd.tau=4.0 (reference)"
+    assert _row(paired, "kd.tau=4")[0] == "kd.tau=4 (reference)"
     tau6 = _row(paired, "kd.tau=6")
     assert tau6[:4] == ["kd.tau=6", "2", "0 1", "95.25"] and tau6[5] == "+1.25" and tau6[-1] == "2"
 
@@ -160,3 +160,17 @@ def test_an_unfinished_job_shows_how_far_its_curves_got(cells_folder):
     assert _row(write_tables(cells_folder), "b_unfinished")[-1] == "no metrics.json, at epoch 7 of 65"
     row = next(r for r in collect(cells_folder)[1] if r["job"] == "b_unfinished")
     assert row["network"] == "last_lite_small"
+
+
+def test_a_number_spelled_two_ways_is_one_cell(tmp_path):
+    """kd.tau=4 on one command line, 4.0 from the config of a job that did not override it: one cell."""
+    folder = tmp_path / "sweep"
+    for seed in (0, 1):
+        _job(folder, f"tau4_s{seed}", "distill", ["kd.tau=4", f"seed={seed}"], 0.94)
+        _job(folder, f"tau6_s{seed}", "distill", ["kd.tau=6.0", f"seed={seed}"], 0.95)
+    _job(folder, "preset_s2", "distill", ["seed=2"], 0.93)
+    config = yaml.safe_load((folder / "preset_s2" / ".hydra" / "config.yaml").read_text())
+    (folder / "preset_s2" / ".hydra" / "config.yaml").write_text(yaml.safe_dump({**config, "kd": {"tau": 4.0}}))
+    paired = write_paired_table(folder, {"kd.tau": "4.0"})
+    assert _row(paired, "kd.tau=4")[:3] == ["kd.tau=4 (reference)", "3", "0 1 2"]
+    assert _row(paired, "kd.tau=6")[:3] == ["kd.tau=6", "2", "0 1"]
