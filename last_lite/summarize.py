@@ -232,10 +232,12 @@ class Cell:
         return all(values.get(k) == canonical(v) for k, v in wanted.items())
 
 
-def cells_of(folder: Path) -> list[Cell]:
-    """The folder's finished jobs grouped by command and values, the seed left out."""
+def cells_of(folder: Path, same: tuple[str, ...] = ()) -> list[Cell]:
+    """The folder's finished jobs grouped by command and values, the seed left out, and the keys in
+    ``same`` (values that name one thing two ways, e.g. a teacher's run checkpoint and its zoo copy)."""
     columns, rows, records = collect(folder)
-    keys = ["command", *(c for c in columns if c not in NOT_A_CELL_KEY and not is_execution_key(c))]
+    keys = ["command", *(c for c in columns
+                         if c not in NOT_A_CELL_KEY and c not in same and not is_execution_key(c))]
     cells: dict[tuple, Cell] = {}
     for row in rows:
         if row["test_top1"] is None:
@@ -263,8 +265,8 @@ def paired_difference(cell: Cell, reference: Cell) -> dict:
     return out
 
 
-def write_paired_table(folder: Path, reference: dict[str, str] | None = None) -> str:
-    cells = cells_of(folder)
+def write_paired_table(folder: Path, reference: dict[str, str] | None = None, same: tuple[str, ...] = ()) -> str:
+    cells = cells_of(folder, same)
     if not cells:
         raise SystemExit(f"summarize: no finished job (metrics.json with a test top-1) under {folder}")
     keys = [k for k, _ in cells[0].key]
@@ -301,6 +303,8 @@ def write_paired_table(folder: Path, reference: dict[str, str] | None = None) ->
                     str(diff.get("pairs", ""))]
         md.append("| " + " | ".join(row) + " |")
     text = "\n".join(md) + "\n\nTest top-1 in percent; sd over seeds (n - 1)."
+    if same:
+        text += f" Taken as the same whatever their values (--same): {', '.join(same)}."
     if refs:
         text += (" Paired difference: the cell minus the reference cell of the same network (metrics.json"
                  " `model`) on the seeds both ran; t = mean / (sd / sqrt(pairs)), with pairs - 1 degrees of"
@@ -318,12 +322,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="also group jobs into cells over seeds and write paired.md")
     parser.add_argument("--reference", nargs="+", metavar="KEY=VALUE",
                         help="with --paired: the cell (one per network) the others are compared with, e.g. command=train")
+    parser.add_argument("--same", nargs="+", default=[], metavar="KEY",
+                        help="with --paired: keys whose values name one thing two ways, left out of the cells, "
+                             "e.g. teacher.ckpt given as a run's last.ckpt and as its zoo copy")
     args = parser.parse_args(argv)
     if not args.folder.is_dir():
         parser.exit(2, f"summarize: error: {args.folder} is not a folder (a multirun prints its folder "
                        f"when it ends, e.g. outputs/multirun/<date>/<time>_distill)\n")
-    if args.reference and not args.paired:
-        parser.exit(2, "summarize: error: --reference compares cells: add --paired\n")
+    if (args.reference or args.same) and not args.paired:
+        parser.exit(2, "summarize: error: --reference and --same are about cells: add --paired\n")
     reference = None
     if args.reference:
         if any("=" not in item for item in args.reference):
@@ -331,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
         reference = dict(item.split("=", 1) for item in args.reference)
     print(write_tables(args.folder))
     if args.paired:
-        print(write_paired_table(args.folder, reference))
+        print(write_paired_table(args.folder, reference, tuple(args.same)))
 
 
 if __name__ == "__main__":

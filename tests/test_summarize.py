@@ -107,8 +107,9 @@ def test_each_cell_is_paired_with_the_reference_of_its_own_network(tmp_path):
 
 def test_the_command_line_asks_for_paired_before_a_reference(cells_folder):
     run = [sys.executable, "-m", "last_lite.summarize", str(cells_folder)]
-    refused = subprocess.run([*run, "--reference", "command=train"], cwd=REPO, capture_output=True, text=True)
-    assert refused.returncode == 2 and "add --paired" in refused.stderr
+    for alone in (["--reference", "command=train"], ["--same", "teacher.ckpt"]):
+        refused = subprocess.run([*run, *alone], cwd=REPO, capture_output=True, text=True)
+        assert refused.returncode == 2 and "add --paired" in refused.stderr
     done = subprocess.run([*run, "--paired", "--reference", "command=train"], cwd=REPO, capture_output=True,
                           text=True, check=True)
     assert "paired diff" in done.stdout and (cells_folder / "summary.md").is_file()
@@ -174,3 +175,20 @@ def test_a_number_spelled_two_ways_is_one_cell(tmp_path):
     paired = write_paired_table(folder, {"kd.tau": "4.0"})
     assert _row(paired, "kd.tau=4")[:3] == ["kd.tau=4 (reference)", "3", "0 1 2"]
     assert _row(paired, "kd.tau=6")[:3] == ["kd.tau=6", "2", "0 1"]
+
+
+def test_same_pairs_runs_that_name_one_teacher_two_ways(tmp_path):
+    """The preset's seed 0 distilled from a run's last.ckpt, seed 1 from its zoo copy: two cells, unless
+    teacher.ckpt is declared the same."""
+    folder = tmp_path / "sweep"
+    for seed, teacher in enumerate(["outputs/runs/full_base_s1/checkpoints/last.ckpt",
+                                    "zoo/nw_ucla/last_e_v3_base.safetensors"]):
+        _job(folder, f"preset_s{seed}", "distill", [f"teacher.ckpt={teacher}", "kd.tau=4", f"seed={seed}"], 0.94)
+        _job(folder, f"tau2_s{seed}", "distill", ["teacher.ckpt=zoo/nw_ucla/last_e_v3_base.safetensors",
+                                                  "kd.tau=2", f"seed={seed}"], 0.95 + seed / 100)
+    with pytest.raises(SystemExit, match="matches more than one cell"):
+        write_paired_table(folder, {"kd.tau": "4"})
+    paired = write_paired_table(folder, {"kd.tau": "4"}, same=("teacher.ckpt",))
+    assert _row(paired, "kd.tau=4")[:3] == ["kd.tau=4 (reference)", "2", "0 1"]
+    assert _row(paired, "kd.tau=2")[5:] == ["+1.50", "0.71", "3.00", "2"]
+    assert "(--same): teacher.ckpt" in paired
