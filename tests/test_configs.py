@@ -275,7 +275,7 @@ def test_summarize_puts_runs_from_before_the_rename_in_the_columns_of_new_ones(t
                             "status"}
     by_job = {r["job"]: r for r in rows}
     assert by_job["old"]["kd.tau"] == "2" and by_job["old"]["kd.alpha"] == "0.5"
-    assert by_job["new"]["kd.tau"] == "4.0" and by_job["new"]["kd.alpha"] == "0.3"
+    assert by_job["new"]["kd.tau"] == "4" and by_job["new"]["kd.alpha"] == "0.3"  # 4.0 in its config
     assert by_job["old"]["model@student"] == by_job["new"]["model@student"] == "last_lite_nano"
 
 
