@@ -154,20 +154,13 @@ def load_clip(source: str, layout: str | None = None, persons: int = 4) -> tuple
         shape = read_npy_shape(path)
         if len(shape) not in (3, 4):
             raise ValueError(f"{path}: keypoints must be (T, V, C) or (M, T, V, C), got {shape}")
-        name = layout or layout_from_joint_count(shape[-2])
-        if name is None:
-            raise ValueError(f"{path}: {shape[-2]} joints: give the layout with --layout")
-        return read_npy_recording(path, shape[-2], shape[-1], persons), name, None
+        return read_npy_recording(path, shape[-2], shape[-1], persons), _layout(path, layout, shape[-2]), None
     from last_lite.runtime.inputs import frames_from_json_lines, read_skeletons_document
 
     document = read_skeletons_document(path) if path.suffix == ".json" else None
     if document is not None:  # an NW-UCLA all_sqe clip
-        name = layout or layout_from_joint_count(document.shape[-2])
-        if name is None:
-            raise ValueError(f"{path}: {document.shape[-2]} joints: give the layout with --layout")
-        return document, name, None
+        return document, _layout(path, layout, document.shape[-2]), None
     # JSON lines: the joint and channel counts from the first frame with a person
-
     with open(path, "rb") as fh:
         first = None
         for line in fh:
@@ -188,10 +181,15 @@ def load_clip(source: str, layout: str | None = None, persons: int = 4) -> tuple
     x = np.zeros((m, len(frames), first[0], first[1]), np.float32)
     for t, f in enumerate(frames):
         x[: f.shape[0], t] = f
-    name = layout or layout_from_joint_count(first[0])
+    return x, _layout(path, layout, first[0]), None
+
+
+def _layout(path: Path, given: str | None, joints: int) -> str:
+    """``given``, else the built-in layout with ``joints`` joints."""
+    name = given or layout_from_joint_count(joints)
     if name is None:
-        raise ValueError(f"{path}: {first[0]} joints: give the layout with --layout")
-    return x, name, None
+        raise ValueError(f"{path}: {joints} joints: give the layout with --layout")
+    return name
 
 
 def main(argv: list[str] | None = None) -> int:

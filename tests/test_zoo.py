@@ -1,13 +1,12 @@
 """The shipped zoo: models load by name, and a file whose hash differs is refused."""
 
 import json
-import os
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import SHARED_DATA
 from last_lite.zoo import ZOO_DIR, load_zoo_model, zoo_index
 
 
@@ -87,8 +86,7 @@ def test_shipped_int8_models_run_in_the_runtime_by_zoo_name(name):
     assert predictions and predictions[-1].label in rec.info.class_names
 
 
-UCLA_CLIPS = Path(os.environ.get("LAST_LITE_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"),
-                  "nw_ucla", "all_sqe")
+UCLA_CLIPS = SHARED_DATA / "nw_ucla" / "all_sqe"
 
 
 @pytest.mark.shared_data
