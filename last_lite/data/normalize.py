@@ -82,7 +82,8 @@ def pre_normalize_3d(keypoints: np.ndarray, layout: "str | Layout | Mapping",
     3. rotate so the spine ``norm_zaxis`` (bottom -> top) of person 0, frame 0, points along +z,
        then the shoulder vector ``norm_xaxis`` (right - left shoulder) along +x.
 
-    Only the first three channels are rotated; extra channels (e.g. a score) are only masked.
+    Only the first three channels are centred and rotated and tell a joint's presence; extra
+    channels (e.g. a score) are only masked.
     A layout without ``norm_zaxis`` / ``norm_xaxis`` skips the corresponding rotation.
     """
     lay = get_layout(layout)
@@ -95,9 +96,10 @@ def pre_normalize_3d(keypoints: np.ndarray, layout: "str | Layout | Mapping",
     if x.sum() == 0 or t == 0:
         return x.astype(np.float32)
 
-    index0 = _present_frames(x[0])
+    coords = min(c, 3)  # a score channel is not a coordinate: never centred, never "presence"
+    index0 = _present_frames(x[0, ..., :coords])
     if m >= 2:
-        index1 = _present_frames(x[1])
+        index1 = _present_frames(x[1, ..., :coords])
         if len(index0) < len(index1):
             x = x[:, index1]
             order = [1, 0] + list(range(2, m))
@@ -113,9 +115,9 @@ def pre_normalize_3d(keypoints: np.ndarray, layout: "str | Layout | Mapping",
 
     if align_center:
         center_joint = lay.norm_center if lay.norm_center is not None else lay.center
-        main_body_center = x[0, 0, center_joint].copy()
-        mask = (x != 0).sum(-1) > 0
-        x = (x - main_body_center) * mask[..., None]
+        main_body_center = x[0, 0, center_joint, :coords].copy()
+        mask = (x[..., :coords] != 0).any(-1, keepdims=True)
+        x = np.concatenate([x[..., :coords] - main_body_center, x[..., coords:]], axis=-1) * mask
 
     if align_spine and c >= 3:
         xyz = x[..., :3]

@@ -118,6 +118,21 @@ def test_pre_normalize_geometry_and_zeros():
     assert np.all(pre_normalize_3d(np.zeros((2, 5, 25, 3)), "ntu25") == 0)
 
 
+def test_pre_normalize_keeps_a_score_channel_and_reads_presence_from_coordinates_only():
+    x = _raw(15)
+    rng = np.random.default_rng(15)
+    score = rng.uniform(0.5, 1.0, x.shape[:-1] + (1,))
+    x[0, 5, 17] = 0  # a missed joint: the tracker still reports a score for it
+    x[:, :3] = 0     # frames without a body, scores alone
+    out = pre_normalize_3d(np.concatenate([x, score], axis=-1), "ntu25")
+    reference = pre_normalize_3d(x, "ntu25")
+    assert out.shape[1] == reference.shape[1] == x.shape[1] - 3
+    np.testing.assert_allclose(out[..., :3], reference, atol=1e-6)
+    present = (x[:, 3:] != 0).any(-1)
+    np.testing.assert_allclose(out[..., 3], np.where(present, score[:, 3:, :, 0], 0), atol=1e-6)
+    assert out[0, 2, 17, 3] == 0  # the missed joint (frame 5 before the drop)
+
+
 def test_normalize_2d():
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.uniform(100, 400, size=(1, 20, 17, 2)),

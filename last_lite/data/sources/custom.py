@@ -194,7 +194,7 @@ def infer_coord_dims(samples: Sequence[np.ndarray]) -> tuple[int, str]:
 
 class CustomSource(Source):
     name = "custom"
-    version = 2
+    version = 3
 
     def __init__(self, root: str | Path, csv: str = "labels.csv", layout: Any = "coco17",
                  coord_dims: int | None = None, normalize: str = "auto",

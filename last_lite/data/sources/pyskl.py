@@ -51,7 +51,7 @@ def split_part(key: str) -> tuple[str, str]:
 
 class PYSKLSource(Source):
     name = "pyskl"
-    version = 1
+    version = 2
 
     def __init__(self, path: str | Path, trusted: bool = False, layout: Any = None,
                  normalize: str = "auto", class_names: Sequence[str] | None = None) -> None:
