@@ -26,7 +26,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import stat
 import sys
 import time
@@ -271,6 +270,17 @@ def _chunk_key(paths: Sequence[Path], normalize: bool) -> str:
     return h.hexdigest()[:16]
 
 
+def remove_shards(work: Path, shards: Sequence[Path]) -> None:
+    """Delete this run's shards, then ``work`` if that left it empty: it may be a folder the user
+    named that holds other files, or the shards of another prepare sharing it."""
+    for shard in shards:
+        shard.unlink(missing_ok=True)
+    try:
+        work.rmdir()
+    except OSError:  # not empty (or already gone): leave it
+        pass
+
+
 def _run_tasks(tasks: list, num_workers: int, done: Any) -> None:
     """Run the chunk tasks (in a process pool unless one worker); ``done(result)`` per chunk."""
     if num_workers <= 1 or len(tasks) == 1:
@@ -458,7 +468,7 @@ def _run_prepare(dataset, raw_dir, out, work_dir, missing_list, num_workers, chu
     }
     atomic_write_text(out / "prepare_summary.json", json.dumps(summary, indent=1))
     if not keep_work:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_shards(work, shards)
     else:  # drop stale shards of earlier, different runs
         live = {s.name for s in shards}
         for f in work.glob("chunk-*.npz"):

@@ -248,6 +248,21 @@ class SkeletonDataModule(L.LightningDataModule):
         bad = self._bad_main
         return np.asarray([i for i in idx if i not in bad], dtype=np.int64) if bad else idx
 
+    def _refuse_unlabelled(self, parts: dict[str, np.ndarray]) -> None:
+        """A label of -1 in any part would crash the loss (or the test after training)."""
+        labels = self.store.labels
+        found = {part: idx[labels[idx] < 0] for part, idx in parts.items() if len(idx)}
+        found = {part: idx for part, idx in found.items() if len(idx)}
+        if not found:
+            return
+        bad = np.unique(np.concatenate(list(found.values())))
+        shown = ", ".join(self.store.names[i] for i in bad[:10])
+        shown += f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise ValueError(f"split {self.split!r} of {self.store.root} has unlabelled samples (empty "
+                         f"or -1 label) in {' and '.join(found)}: {shown}. Unlabelled rows are only "
+                         f"for pretraining (data.unlabelled=true, as python -m last_lite.pretrain "
+                         f"sets); give them a label or leave them out")
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_indices is not None:
             return
@@ -265,9 +280,8 @@ class SkeletonDataModule(L.LightningDataModule):
                 raise ValueError(f"val_split='split' but split {self.split!r} of {store.root} has "
                                  f"no 'val' part (parts: {sorted(parts)})")
             val = self._part("val")
-        if not self.unlabelled and len(train) and (store.labels[train] < 0).any():
-            raise ValueError(f"split {self.split!r} of {store.root} has unlabelled training samples;"
-                             f" use unlabelled=True for pretraining")
+        if not self.unlabelled:
+            self._refuse_unlabelled({"train": train, "val": val, "test": test})
         self.train_indices, self.val_indices, self.test_indices = train, val, test
 
     @property

@@ -129,6 +129,9 @@ assert len(NTU60_CLASSES) == 60 and len(NTU120_CLASSES) == 120
 # sample names and the standard benchmarks
 
 _NAME_RE = re.compile(r"S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})")
+# the whole file name: "...A0601" or "...A001 (1).skeleton" is not a sample (a prefix match
+# would read them as action 60 and as the real sample)
+_FILE_RE = re.compile(_NAME_RE.pattern + r"(?:\.skeleton)?")
 _LIST_LINE_RE = re.compile(r"^\s*(S\d{3}C\d{3}P\d{3}R\d{3}A\d{3})(?:\.skeleton)?\b")
 
 NTU60_XSUB_TRAIN_SUBJECTS = frozenset(
@@ -162,11 +165,11 @@ class SampleInfo:
 def parse_sample_name(name: str | os.PathLike) -> SampleInfo:
     """``S001C002P003R002A013[.skeleton]`` (or a path to it) -> SampleInfo."""
     stem = Path(name).name
-    m = _NAME_RE.match(stem)
+    m = _FILE_RE.fullmatch(stem)
     if m is None:
-        raise ValueError(f"not an NTU sample name (SsssCcccPpppRrrrAaaa): {str(name)!r}")
+        raise ValueError(f"not an NTU sample name (SsssCcccPpppRrrrAaaa[.skeleton]): {str(name)!r}")
     s, c, p, r, a = (int(g) for g in m.groups())
-    return SampleInfo(m.group(0), s, c, p, r, a)
+    return SampleInfo(stem.removesuffix(".skeleton"), s, c, p, r, a)
 
 
 def read_sample_list(path: str | os.PathLike) -> list[str]:
@@ -214,7 +217,7 @@ def sample_fields(names: Sequence[str | SampleInfo]) -> np.ndarray:
         rows = [(n.setup, n.camera, n.performer, n.replication, n.action) for n in names]
         return np.asarray(rows, dtype=np.int64).reshape(len(rows), 5)
     stems = [n.name if isinstance(n, SampleInfo) else os.path.basename(os.fspath(n)) for n in names]
-    match = _NAME_RE.match
+    match = _FILE_RE.fullmatch
     for s in stems:
         if match(s) is None:
             parse_sample_name(s)  # raises, naming the culprit

@@ -285,6 +285,8 @@ class StoreWriter:
 
     def close(self) -> Path:
         """Finish the files, write meta.json and rename the store into place; returns its path."""
+        from last_lite.io import fsync_dir
+
         if self._closed:
             if self.path is None:
                 raise RuntimeError("StoreWriter was aborted")
@@ -303,7 +305,10 @@ class StoreWriter:
                 "labels": np.asarray(self._labels, dtype=np.int64),
             }
             for key, arr in arrays.items():
-                np.save(self.tmp_dir / f"{key}.npy", arr, allow_pickle=False)
+                with open(self.tmp_dir / f"{key}.npy", "wb") as f:
+                    np.save(f, arr, allow_pickle=False)
+                    f.flush()
+                    os.fsync(f.fileno())
             labelled = arrays["labels"][arrays["labels"] >= 0]
             class_names = self.class_names
             if class_names is None and labelled.size:
@@ -332,7 +337,11 @@ class StoreWriter:
                 json.dump(meta, f)
                 f.flush()
                 os.fsync(f.fileno())
+            # the folder's entries before the swap, the swap itself after: a crash then finds
+            # the old store or the whole new one, never a folder missing files
+            fsync_dir(self.tmp_dir)
             _replace_dir(self.tmp_dir, self.out_dir)
+            fsync_dir(self.out_dir.parent)
         except BaseException:
             self.abort()
             raise

@@ -67,3 +67,67 @@ def test_missing_files_and_bad_layouts_name_the_fix(tmp_path):
         _store(root, tmp_path)
     with pytest.raises(FileNotFoundError, match="LAST_LITE_DATA"):
         _store(tmp_path / "nowhere", tmp_path)
+
+
+def _dm(root, tmp_path, **kw):
+    return SkeletonDataModule(CustomSource(root, layout="layout.yaml"), split="custom", clip_len=8,
+                              max_persons=None, cache_dir=str(tmp_path / "cache"), **kw)
+
+
+def test_an_unlabelled_test_row_is_refused_before_training(tmp_path):
+    root = make_clips(tmp_path / "c", per_class=3)
+    csv = root / "labels.csv"
+    csv.write_text(csv.read_text().replace("clips/clap_00,clap,test", "clips/clap_00,,test"))
+    with pytest.raises(ValueError, match=r"in test: clips/clap_00\. Unlabelled rows are only for "
+                                         r"pretraining \(data.unlabelled=true"):
+        _dm(root, tmp_path).setup()
+    dm = _dm(root, tmp_path, unlabelled=True)
+    dm.setup()
+    assert len(dm.test_indices) == 6  # pretraining takes them
+
+
+def test_one_file_under_two_spellings_is_one_clip_and_train_with_test_is_refused(tmp_path):
+    root = make_clips(tmp_path / "c", per_class=3)
+    csv = root / "labels.csv"
+    text = csv.read_text()
+    csv.write_text(text + "clips/wave_00.npy,wave,val\n")  # wave_00 is in test: val + test is fine
+    store = _store(root, tmp_path)
+    assert len(store) == 9 and "clips/wave_00.npy" not in store.names
+    assert store.split("custom", "val").tolist() == [store.names.index("clips/wave_00")]
+    csv.write_text(text + "./clips/wave_00,wave,train\n")
+    with pytest.raises(ValueError, match=r"line 11: './clips/wave_00' \(the file of 'clips/wave_00', "
+                                         r"line 2\) is listed in 'test' and 'train'.*leak"):
+        _store(root, tmp_path / "b")
+    csv.write_text(text + "clips/wave_00.npy,clap,test\n")
+    with pytest.raises(ValueError, match="line 11: .* another label"):
+        _store(root, tmp_path / "d")
+    csv.write_text(text + "clips/wave_00.npy,wave,test\n")
+    with pytest.raises(ValueError, match="line 11: .* twice in split 'test'"):
+        _store(root, tmp_path / "e")
+
+
+@pytest.mark.parametrize("bad", ["validation", "tset", "train_"])
+def test_a_split_that_is_not_train_val_or_test_is_refused(tmp_path, bad):
+    root = make_clips(tmp_path / "c", per_class=3)
+    csv = root / "labels.csv"
+    text = csv.read_text().replace("clips/clap_02,clap,train", "clips/clap_02,clap, Val ")
+    csv.write_text(text)
+    store = _store(root, tmp_path)  # case and spaces do not matter
+    assert [store.names[i] for i in store.split("custom", "val")] == ["clips/clap_02"]
+    csv.write_text(text.replace("clips/wave_02,wave,train", f"clips/wave_02,wave,{bad}"))
+    with pytest.raises(ValueError, match=f"line 4: split '{bad}' is not train, val or test"):
+        _store(root, tmp_path / "b")
+
+
+def test_a_header_with_spaces_is_read_and_a_semicolon_file_is_named(tmp_path):
+    root = make_clips(tmp_path / "c", per_class=2)
+    csv = root / "labels.csv"
+    text = csv.read_text()
+    csv.write_text(text.replace("name,label,split", "name, label , split"))
+    assert len(_store(root, tmp_path)) == 6
+    csv.write_text(text.replace(",", ";"))
+    with pytest.raises(ValueError, match="must be comma-separated"):
+        _store(root, tmp_path / "b")
+    csv.write_text(text.replace(",", "\t"))
+    with pytest.raises(ValueError, match="must be comma-separated"):
+        _store(root, tmp_path / "d")

@@ -1,6 +1,7 @@
 """Importers: a custom .npy folder, PYSKL pickles (trusted only) and CTR-GCN npz files."""
 
 import csv
+import os
 import pickle
 
 import numpy as np
@@ -11,6 +12,7 @@ from last_lite.data.normalize import normalize_2d, pre_normalize_3d
 from last_lite.data.sources import get_source
 from last_lite.data.sources.ctrgcn import CTRGCNSource, iter_npz_rows, row_to_sample
 from last_lite.data.sources.custom import CustomSource
+from last_lite.data.sources.nw_ucla import NWUCLASource
 from last_lite.data.sources.pyskl import PYSKLSource, UntrustedPickleError, split_part
 
 
@@ -165,3 +167,39 @@ def test_ctrgcn_refuses_object_arrays(tmp_path):
              x_test=np.zeros((1, 2, 150)), y_test=np.zeros((1, 2)))
     with pytest.raises(ValueError):
         CTRGCNSource(path).build(tmp_path / "cache")
+
+
+@pytest.mark.parametrize("bad_row", [np.zeros(6), np.eye(6)[1] + np.eye(6)[4], np.eye(6)[2] * 0.9])
+def test_ctrgcn_refuses_label_rows_that_are_not_one_hot(tmp_path, bad_row):
+    path = tmp_path / "NTU60_CS.npz"
+    arrays, _ = _ctrgcn_npz(path)
+    arrays["y_train"][4] = bad_row  # argmax would read it as a class
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match=r"NTU60_CS.npz: y_train rows \[4\] are not one-hot"):
+        CTRGCNSource(path, chunk=3).build(tmp_path / "cache")  # row 4 is in the second block
+
+
+# ---- every source's cache key ----------------------------------------------------------------------
+def _key_inputs(kind, root):
+    """(the source, the one data file its key must follow)."""
+    if kind == "custom":
+        _custom_folder(root, n=4)
+        return CustomSource(root, layout="coco17"), root / "clips" / "c1.npy"
+    if kind == "ctrgcn":
+        _ctrgcn_npz(root / "NTU60_CS.npz")
+        return CTRGCNSource(root / "NTU60_CS.npz"), root / "NTU60_CS.npz"
+    (root / "a01_s01_e01_v01.json").write_text('{"label": 1, "skeletons": [[[0, 0, 0]]]}')
+    return NWUCLASource(root), root / "a01_s01_e01_v01.json"
+
+
+@pytest.mark.parametrize("kind", ["custom", "ctrgcn", "nw_ucla"])
+def test_the_cache_key_sees_a_same_size_rewrite_within_one_second(tmp_path, kind):
+    source, path = _key_inputs(kind, tmp_path)
+    second = 1_700_000_000 * 10**9
+    os.utime(path, ns=(second + 1000, second + 1000))
+    before = source.key()
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1  # same size, other content
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(second + 2000, second + 2000))  # the same whole second
+    assert source.key() != before

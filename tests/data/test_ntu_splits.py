@@ -30,6 +30,15 @@ def test_parse_sample_name():
         parse_sample_name("a01_s01_e01_v01")
 
 
+@pytest.mark.parametrize("name", ["S001C001P001R001A0601.skeleton", "S001C001P001R001A001 (1).skeleton",
+                                  "S001C001P001R001A001.skeleton.bak", "S001C001P001R001A001x"])
+def test_a_name_that_only_starts_like_a_sample_is_not_one(name):
+    with pytest.raises(ValueError, match="not an NTU sample name"):
+        parse_sample_name(name)  # a prefix match read the first as action 60, the second as A001
+    with pytest.raises(ValueError, match="not an NTU sample name"):
+        split_indices([name], "xsub")
+
+
 def test_rules():
     assert is_training_sample("S001C001P001R001A001", "xsub")
     assert not is_training_sample("S001C001P003R001A001", "xsub")

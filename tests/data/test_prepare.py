@@ -131,6 +131,23 @@ def test_prepare_synthetic_without_shared_data(tmp_path):
     assert store.split("xview", "train").tolist() == [0, 1, 2]  # C002 trains in X-View
 
 
+def test_a_given_work_dir_keeps_its_other_files_and_odd_names_are_ignored(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    frames = [[(7, np.random.default_rng(0).normal(size=(25, 3)) * (0.3, 0.8, 0.2) + (0, 0, 3))]] * 5
+    for name in ("S002C002P003R001A001", "S002C002P003R001A0601", "S002C002P003R001A001 (1)"):
+        (raw / f"{name}.skeleton").write_text(format_skeleton(frames))
+    work = tmp_path / "mine"
+    work.mkdir()
+    (work / "notes.txt").write_text("not prepare's")
+    s = run_prepare("ntu60", raw, tmp_path / "out", work_dir=work, missing_list="none",
+                    num_workers=1, progress=False)
+    assert s["kept"] == 1 and s["ignored_files"] == {"not an NTU sample name": 2}
+    assert sorted(p.name for p in work.iterdir()) == ["notes.txt"]  # only its own shards went
+    run_prepare("ntu60", raw, tmp_path / "out2", missing_list="none", num_workers=1, progress=False)
+    assert not (tmp_path / "out2.work").exists()  # a work folder left empty is removed
+
+
 def test_ntu_source(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()

@@ -148,8 +148,9 @@ class CTRGCNSource(Source):
         if not self.path.is_file():
             raise FileNotFoundError(f"CTR-GCN npz not found: {self.path}")
         st = self.path.stat()
-        return {"path": str(self.path.resolve()), "size": st.st_size, "mtime": int(st.st_mtime),
-                "benchmark": self.benchmark, "normalize": self.normalize,
+        # nanoseconds and inode: a same-size file rewritten within a second is still seen
+        return {"path": str(self.path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                "inode": st.st_ino, "benchmark": self.benchmark, "normalize": self.normalize,
                 "class_names": self.class_names}
 
     def write(self, out_dir: Path, key: str) -> None:
@@ -162,6 +163,17 @@ class CTRGCNSource(Source):
             raise SkeletonFormatError(self.path, f"not a readable CTR-GCN npz ({type(exc).__name__}: "
                                                  f"{str(exc)[:200]})") from None
 
+    def _one_hot_labels(self, block: np.ndarray, part: str, start: int) -> np.ndarray:
+        """Labels of one-hot rows; argmax alone would read an all-zero or multi-hot row as 0."""
+        ok = ((block == 0) | (block == 1)).all(axis=1) & ((block == 1).sum(axis=1) == 1)
+        if not ok.all():
+            rows = (np.flatnonzero(~ok) + start).tolist()
+            raise SkeletonFormatError(self.path, f"y_{part} rows {rows[:10]}"
+                                                 f"{' ...' if len(rows) > 10 else ''} are not "
+                                                 f"one-hot (exactly one 1, the rest 0); fix or drop "
+                                                 f"those samples")
+        return block.argmax(1)
+
     def _write(self, out_dir: Path, key: str) -> None:
         try:  # every member's header first: nothing is read before all four are plausible
             check_npz_headers(self.path)
@@ -169,8 +181,11 @@ class CTRGCNSource(Source):
             raise ValueError(f"cannot read ({exc})") from exc
         ys = {}
         for part in ("train", "test"):  # streamed like x; kept as labels (one-hot rows dropped)
-            blocks = [b.argmax(1) if b.ndim == 2 else b.astype(np.int64)
-                      for b in iter_npz_rows(self.path, f"y_{part}", self.chunk)]
+            blocks, start = [], 0
+            for b in iter_npz_rows(self.path, f"y_{part}", self.chunk):
+                blocks.append(self._one_hot_labels(b, part, start) if b.ndim == 2
+                              else b.astype(np.int64))
+                start += len(b)
             ys[part] = np.concatenate(blocks) if blocks else np.zeros(0, np.int64)
         n_cls = int(max(y.max() for y in ys.values())) + 1
         if not 0 < n_cls <= MAX_CLASSES:

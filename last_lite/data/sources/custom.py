@@ -4,8 +4,10 @@ Each array is (T, V, C) or (M, T, V, C), loaded with ``allow_pickle=False``. ``n
 name relative to the folder holding the CSV (``root`` by default; ``.npy`` added when missing).
 ``label`` is an integer class index (empty or -1 = unlabelled) or a class name, the same kind in
 every row; anything else (``1.7``, ``true``) is refused. ``split`` is the part (``train``,
-``val``, ``test``; empty = ``train``); one name may appear in several parts (e.g. ``val`` and
-``test``) with the same label. The store gets one split, ``split_name`` (default ``custom``).
+``val``, ``test``, in any case; empty = ``train``; anything else is refused). A clip is one file,
+however its name is spelled (``clips/c0``, ``clips/c0.npy``, ``./clips/c0``): it may be listed in
+``val`` and ``test`` with the same label, never in ``train`` and another part (that would leak
+training clips into the evaluation). The store gets one split, ``split_name`` (default ``custom``).
 
 ``layout``: a registered name (``coco17``, ``openpose18``, ``mediapipe33``, ``ntu25``, ...), a
 layout file (``layout.yaml``/``.json`` with ``edges``, ``num_joints``, ``center`` or ``centre``,
@@ -46,6 +48,7 @@ from last_lite.skeleton import LAYOUTS, get_layout
 log = logging.getLogger(__name__)
 
 LAYOUT_KEYS = ("edges", "num_joints", "center", "centre", "name", "joint_names", "regions")
+PARTS = ("train", "val", "test")
 
 def plain(obj: Any) -> Any:
     """Config containers (e.g. OmegaConf) -> plain dicts and lists."""
@@ -234,10 +237,16 @@ class CustomSource(Source):
         try:
             with open(self.csv_path, newline="", encoding="utf-8-sig") as f:
                 reader = csv.DictReader(f)
-                missing = {"name", "label", "split"} - set(reader.fieldnames or [])
+                header = reader.fieldnames or []
+                reader.fieldnames = [h.strip() for h in header]  # "name, label, split" is fine
+                missing = {"name", "label", "split"} - set(reader.fieldnames)
                 if missing:
+                    joined = ",".join(header)
+                    hint = ("; the file must be comma-separated (this header holds a "
+                            f"{'semicolon' if ';' in joined else 'tab'})"
+                            if ";" in joined or "\t" in joined else "")
                     raise ValueError(f"{self.csv_path}: missing columns {sorted(missing)} "
-                                     f"(need name,label,split)")
+                                     f"(need name,label,split{hint})")
                 rows = []
                 for row in reader:
                     if None in row:  # DictReader files surplus fields under the key None
@@ -265,7 +274,9 @@ class CustomSource(Source):
         for row in rows:
             p = self._file(row["name"])
             st = p.stat() if p.exists() else None
-            h.update(f"{p}:{st.st_size if st else -1}:{int(st.st_mtime) if st else -1}".encode())
+            # nanoseconds and inode: a same-size clip rewritten within a second is still seen
+            stamp = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}" if st else "missing"
+            h.update(f"{p}:{stamp}".encode())
         return {"root": str(self.root.resolve()), "layout": self.layout,
                 "coord_dims": self.coord_dims, "normalize": self.normalize,
                 "class_names": self.class_names, "split_name": self.split_name,
@@ -307,21 +318,44 @@ class CustomSource(Source):
                              f"({', '.join(names[:10])}{', ...' if len(names) > 10 else ''})")
         return [lookup[r["label"]] if k == "name" else -1 for r, k in zip(rows, kinds)], names
 
+    def _part(self, row: dict[str, str]) -> str:
+        part = row["split"].strip().lower() or "train"
+        if part not in PARTS:
+            raise ValueError(f"{self.csv_path}, line {row['line']}: split {row['split']!r} is not "
+                             f"train, val or test (empty: train); fix the row")
+        return part
+
+    def _key(self, row: dict[str, str]) -> Path:
+        """The file a name stands for, so that two spellings of one clip are one sample."""
+        try:
+            return self._file(row["name"]).resolve()
+        except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a symlink loop
+            raise ValueError(f"{self.csv_path}, line {row['line']}: name {row['name']!r} is not a "
+                             f"usable file name ({exc})") from None
+
     def _samples(self, rows: list[dict[str, str]], labels: list[int]) -> dict[str, tuple[int, list[str]]]:
-        """name -> (label, parts): a name may be listed in several parts with one label."""
+        """name -> (label, parts), keyed on the file (the first spelling of its name is kept): a
+        clip may be listed in val and test with one label, not in train and another part."""
         samples: dict[str, tuple[int, list[str]]] = {}
+        first: dict[Path, tuple[str, str]] = {}  # file -> (name as first listed, its line)
         for row, label in zip(rows, labels):
-            part = row["split"] or "train"
-            if row["name"] not in samples:
-                samples[row["name"]] = (label, [part])
+            part = self._part(row)
+            name, line = first.setdefault(self._key(row), (row["name"], row["line"]))
+            if name not in samples:
+                samples[name] = (label, [part])
                 continue
-            known, parts = samples[row["name"]]
+            known, parts = samples[name]
+            what = (f"{name!r} (first listed on line {line})" if row["name"] == name else
+                    f"{row['name']!r} (the file of {name!r}, line {line})")
+            where = f"{self.csv_path}, line {row['line']}"
             if known != label:
-                raise ValueError(f"{self.csv_path}, line {row['line']}: {row['name']!r} is listed "
-                                 f"again with another label")
+                raise ValueError(f"{where}: {what} is listed again with another label")
             if part in parts:
-                raise ValueError(f"{self.csv_path}, line {row['line']}: {row['name']!r} is listed "
-                                 f"twice in split {part!r}")
+                raise ValueError(f"{where}: {what} is listed twice in split {part!r}")
+            if "train" in (part, *parts):
+                raise ValueError(f"{where}: {what} is listed in {parts[0]!r} and {part!r}: a "
+                                 f"training clip must not be in val or test (it would leak into "
+                                 f"the evaluation); keep one of the rows")
             parts.append(part)
         return samples
 

@@ -9,6 +9,7 @@ through :func:`~last_lite.data.normalize.pre_normalize_3d`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -83,11 +84,14 @@ class NWUCLASource(Source):
         return files
 
     def params(self) -> dict[str, Any]:
-        files = self.files()
-        stats = [f.stat() for f in files]
-        return {"dir": str(self.dir.resolve()), "normalize": self.normalize, "files": len(files),
-                "bytes": sum(s.st_size for s in stats),
-                "mtime": max(int(s.st_mtime) for s in stats)}
+        # each file's size, mtime in nanoseconds and inode: a same-size file rewritten within a
+        # second is still seen (a total and a whole-second maximum would miss it)
+        h = hashlib.sha256()
+        for f in self.files():
+            st = f.stat()
+            h.update(f"{f.name} {st.st_size} {st.st_mtime_ns} {st.st_ino}\n".encode())
+        return {"dir": str(self.dir.resolve()), "normalize": self.normalize,
+                "content": h.hexdigest()}
 
     def write(self, out_dir: Path, key: str) -> None:
         train, test = [], []
