@@ -98,6 +98,24 @@ def check_targets(node: Any, allowed: Callable[[str], bool] | Iterable[str], sou
                               f"built: {', '.join(sorted(DATA_TARGETS))}")
 
 
+def distrust(data: Any, command_line: Any = None) -> None:
+    """Set every ``trusted`` flag (a PYSKL source's: may its pickle be opened?) in ``data``, a plain
+    data config read from a file, to False in place, unless ``command_line`` (the same layout, the
+    user's overrides) sets it at the same place. Anyone can write a run folder's config.yaml or a
+    checkpoint's saved config; only the user can say a pickle comes from a source they trust."""
+    if isinstance(data, dict):
+        given = command_line if isinstance(command_line, dict) else {}
+        for key, value in data.items():
+            if key == "trusted":
+                data[key] = given.get(key, False)
+            else:
+                distrust(value, given.get(key))
+    elif isinstance(data, list):
+        given = command_line if isinstance(command_line, list) else []
+        for i, value in enumerate(data):
+            distrust(value, given[i] if i < len(given) else None)
+
+
 def safe_data_config(data: Any, source: str) -> dict:
     """A ``data`` config read from ``source`` (a run folder's config.yaml) as a plain dict whose
     every ``_target_`` is in :data:`DATA_TARGETS`; the top level must be the DataModule."""

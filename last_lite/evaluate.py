@@ -11,6 +11,7 @@ the confusion matrix itself into the run folder.
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from last_lite.config_checks import DATA_TARGETS, check_targets
+from last_lite.config_checks import DATA_TARGETS, check_targets, distrust
 from last_lite.io import atomic_write_json
 from last_lite.models.profile import count_parameters
 from last_lite.training.base import ClassifierPhase
@@ -108,6 +109,9 @@ def resolve_data(cfg: DictConfig, hparams: dict) -> str:
         return dataset_name()
     # read from a file (the checkpoint, a run folder's config.yaml): data, not code
     check_targets(data, DATA_TARGETS, origin, "data")
+    # nor can it mark a pickle as trusted: only the command line's data.source.trusted=true can
+    data = copy.deepcopy(data)
+    distrust(data)
     node = OmegaConf.create(data)
     for key in keys:
         OmegaConf.update(node, key[len("data."):], OmegaConf.select(cfg, key), merge=False)

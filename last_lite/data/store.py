@@ -305,10 +305,10 @@ class StoreWriter:
                 "labels": np.asarray(self._labels, dtype=np.int64),
             }
             for key, arr in arrays.items():
-                with open(self.tmp_dir / f"{key}.npy", "wb") as f:
-                    np.save(f, arr, allow_pickle=False)
-                    f.flush()
-                    os.fsync(f.fileno())
+                with open(self.tmp_dir / f"{key}.npy", "wb") as tmp_file:
+                    np.save(tmp_file, arr, allow_pickle=False)
+                    tmp_file.flush()
+                    os.fsync(tmp_file.fileno())
             labelled = arrays["labels"][arrays["labels"] >= 0]
             class_names = self.class_names
             if class_names is None and labelled.size:

@@ -46,7 +46,7 @@ def data_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
     if not path.is_file():
         raise FileNotFoundError(f"no data config: {path} does not exist (the run folder's "
                                 f"config.yaml); pass data_config=<yaml with a `data` key>")
-    from last_lite.config_checks import safe_data_config
+    from last_lite.config_checks import distrust, safe_data_config
 
     loaded = OmegaConf.load(path)
     data = loaded.get("data") if isinstance(loaded, DictConfig) and "data" in loaded else loaded
@@ -56,15 +56,32 @@ def data_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
     overrides = OmegaConf.to_container(overrides, resolve=True) if isinstance(overrides, DictConfig) else {}
     data = OmegaConf.merge(data, OmegaConf.create(overrides))
     # A run folder's config is data, not code: only the project's own classes are built from it.
-    return OmegaConf.create(safe_data_config(data, str(path)))
+    data = safe_data_config(data, str(path))
+    distrust(data, overrides)
+    return OmegaConf.create(data)
 
 
 def build_datamodule(data_cfg: DictConfig):
     from hydra.utils import instantiate
 
     from last_lite.config_checks import safe_data_config
+    from last_lite.data.sources.pyskl import UntrustedPickleError
 
-    dm = instantiate(safe_data_config(data_cfg, "the data config"), _convert_="all")
+    try:
+        dm = instantiate(safe_data_config(data_cfg, "the data config"), _convert_="all")
+    except Exception as exc:  # Hydra wraps the source's refusal in an InstantiationException
+        refusal = exc
+        while refusal is not None and not isinstance(refusal, UntrustedPickleError):
+            refusal = refusal.__cause__ or refusal.__context__
+        if refusal is None:
+            raise
+        # the source's own advice (data.source.trusted=true) is the training command's spelling
+        path = OmegaConf.select(data_cfg, "source.path", default="of the data source")
+        raise UntrustedPickleError(
+            f"refusing to load the pickle {path}: unpickling can execute arbitrary code, and a config "
+            f"file (the run folder's config.yaml, data_config=) cannot mark it as trusted: its "
+            f"source.trusted is ignored. If you obtained the file from a source you trust, pass "
+            f"+data_overrides.source.trusted=true on the export command line.") from None
     dm.prepare_data()
     dm.setup("test")
     return dm

@@ -99,17 +99,26 @@ def decoded_metadata(mlmodel) -> dict[str, Any]:
 
 
 def save(mlmodel, path: Path) -> None:
-    """Save an ``.mlpackage`` (a folder) in place of ``path``: written beside it, then renamed."""
-    import shutil
+    """Save an ``.mlpackage`` (a folder) in place of ``path``: written beside it, then renamed.
+
+    A folder cannot be renamed onto a non-empty one, so whatever is at ``path`` (the previous
+    package, or a plain file) is first renamed aside into the temp folder and deleted with it once
+    the new package is in place: ``path`` never holds a half-deleted package, and a failed rename
+    puts the previous one back."""
     import tempfile
 
     path = Path(path)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}-") as tmp:
-        staged = Path(tmp) / path.name
+        staged, previous = Path(tmp) / path.name, Path(tmp) / "previous"
         mlmodel.save(str(staged))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(staged, path)
+        if os.path.lexists(path):
+            os.replace(path, previous)
+        try:
+            os.replace(staged, path)
+        except OSError:
+            if os.path.lexists(previous):
+                os.replace(previous, path)
+            raise
 
 
 def folder_bytes(path: Path) -> int:

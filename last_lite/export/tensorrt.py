@@ -15,13 +15,14 @@ The engine is checked against ONNX Runtime (CPU) on real test samples: max |logi
 agreement. Device memory is handled through the CUDA driver API (``libcuda``, part of every NVIDIA
 driver) with ctypes, so nothing besides ``tensorrt`` is needed.
 
-:func:`require_tensorrt` runs before anything is written: without the ``tensorrt`` package or
-an NVIDIA GPU it raises :class:`TensorRTUnavailable` saying what is needed.
+:func:`require_tensorrt` runs before anything is written: without the ``tensorrt`` package (of
+major version 10) or an NVIDIA GPU it raises :class:`TensorRTUnavailable` saying what is needed.
 """
 
 from __future__ import annotations
 
 import ctypes
+import re
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,12 +31,14 @@ import numpy as np
 
 from last_lite.io import atomic_write
 
-NEEDS = ("TensorRT export needs the TensorRT Python package (pip install 'last_lite[tensorrt]', "
-         "i.e. tensorrt>=10) and an NVIDIA GPU with its driver (libcuda).")
+NEEDS = ("TensorRT export needs the TensorRT 10 Python package (pip install 'last_lite[tensorrt]', "
+         "i.e. tensorrt>=10,<11) and an NVIDIA GPU with its driver (libcuda).")
+# TensorRT 11 removed BuilderFlag.FP16 / INT8 (strongly typed networks only), which build_engine sets.
+SUPPORTED_MAJOR = 10
 
 
 class TensorRTUnavailable(RuntimeError):
-    """TensorRT or an NVIDIA GPU is missing."""
+    """TensorRT 10 or an NVIDIA GPU is missing."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -70,6 +73,11 @@ def require_tensorrt():
     except ImportError as exc:
         raise TensorRTUnavailable(f"{NEEDS} The tensorrt package is not importable here ({exc}).") \
             from None
+    version = str(getattr(trt, "__version__", "unknown"))
+    major = re.match(r"(\d+)\.", version)
+    if major is None or int(major.group(1)) != SUPPORTED_MAJOR:
+        raise TensorRTUnavailable(f"{NEEDS} TensorRT {version} is installed here, and the engine build "
+                                  f"uses TensorRT {SUPPORTED_MAJOR}'s API (TensorRT 11 removed its precision flags).")
     count, why = cuda_device_count()
     if count < 1:
         raise TensorRTUnavailable(f"{NEEDS} No NVIDIA GPU is available here: {why}.")
@@ -192,23 +200,34 @@ class EngineRunner:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        _, _, max_shape = self.engine.get_tensor_profile_shape(self.inputs[0], 0)
-        self.max_batch = int(max_shape[0])
-        self.sample_shape = tuple(int(s) for s in max_shape[1:])
+        min_shape, _, max_shape = self.engine.get_tensor_profile_shape(self.inputs[0], 0)
+        self.min_shape = tuple(int(s) for s in min_shape)
+        self.max_shape = tuple(int(s) for s in max_shape)
+        self.max_batch = self.max_shape[0]
+        self.sample_shape = self.max_shape[1:]
         self.in_ptr = self.cuda.alloc(int(np.prod(max_shape)) * 4)
         self.out_ptrs: dict[str, int] = {}
         self.out_shapes: dict[str, tuple[int, ...]] = {}
-        self.context.set_input_shape(self.inputs[0], tuple(int(s) for s in max_shape))
+        self.set_input_shape(self.max_shape)
         for name in self.outputs:
             shape = tuple(int(s) for s in self.context.get_tensor_shape(name))
             self.out_ptrs[name] = self.cuda.alloc(int(np.prod(shape)) * 4)
         self.device_name = self.cuda.device_name()
 
+    def set_input_shape(self, shape: Sequence[int]) -> None:
+        """Set the input's shape. TensorRT answers False (and only logs) for a shape outside the
+        engine's optimisation profile; the context would then run with its previous shape."""
+        shape = tuple(int(s) for s in shape)
+        if not self.context.set_input_shape(self.inputs[0], shape):
+            raise ValueError(f"the TensorRT engine refuses input shape {shape} for {self.inputs[0]!r}: its "
+                             f"optimisation profile takes {self.min_shape} to {self.max_shape}; pass "
+                             f"{self.min_shape[0]} to {self.max_shape[0]} clips of shape {self.max_shape[1:]}")
+
     def run_batch(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if len(x) > self.max_batch:
             raise ValueError(f"batch {len(x)} exceeds the engine's max batch {self.max_batch}")
-        self.context.set_input_shape(self.inputs[0], x.shape)
+        self.set_input_shape(x.shape)
         self.cuda.to_device(self.in_ptr, x)
         self.context.set_tensor_address(self.inputs[0], self.in_ptr)
         for name, ptr in self.out_ptrs.items():

@@ -216,6 +216,9 @@ def cli(argv: list[str] | None = None) -> int:
     except (InputError, ModelFileError, AdapterError, FileNotFoundError) as exc:
         print(f"last_lite.runtime: error: {exc}", file=sys.stderr)
         return 2
+    except ImportError as exc:  # a .tflite without ai-edge-litert: the message says what to install
+        print(f"last_lite.runtime: error: {exc}", file=sys.stderr)
+        return 2
     except ValueError as exc:  # e.g. --window 0
         print(f"last_lite.runtime: error: {exc}", file=sys.stderr)
         return 2

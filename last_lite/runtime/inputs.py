@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import numbers
 import os
 import stat
 import struct
@@ -104,7 +105,8 @@ def _finite_array(arr: np.ndarray, what: str) -> np.ndarray:
 
 
 def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    # numpy scalars count (a frame built from arrays holds float32s); booleans are no coordinates
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.integer, np.floating)):
         raise InputError(f"a joint value must be a number, got {type(value).__name__}")
     try:
         return float(value)
@@ -112,10 +114,22 @@ def _number(value: Any) -> float:
         return math.inf
 
 
+def _listed(value: Any, what: str, most: int) -> Any:
+    """An ndarray (a person or a joint) as nested lists, so that it meets the checks a list meets:
+    ``tolist()`` gives Python numbers (np.bool_ becomes bool, still refused; None in an object
+    array stays an absent joint). One of more than ``most`` values is refused before it is copied."""
+    if not isinstance(value, np.ndarray):
+        return value
+    if value.size > most:
+        raise InputError(f"{what} holds {value.size} values (shape {value.shape}), more than the model's {most}")
+    return value.tolist()
+
+
 def clean_frame(frame: Any, num_joints: int, channels: int, max_persons: int) -> np.ndarray:
     """One frame as (persons, V, C) float32, persons capped at ``max_persons`` (the model uses
     the first ``max_persons``; the rest is never read). Accepts an array (M, V, C) or (V, C), a
-    list of persons (each V joints of C numbers; ``null`` = absent joint or person), a mapping
+    list of persons (each V joints of C numbers, Python or numpy ones, as lists or arrays;
+    ``null`` = absent joint or person), a mapping
     ``{"persons": [...]}``, or None / [] (nobody). Raises :class:`InputError` for anything else."""
     if isinstance(frame, Mapping):
         if "persons" not in frame:
@@ -137,11 +151,13 @@ def clean_frame(frame: Any, num_joints: int, channels: int, max_persons: int) ->
     for p, person in enumerate(frame[:max_persons]):
         if person is None:
             continue
+        person = _listed(person, f"person {p}", num_joints * channels)
         if not isinstance(person, (list, tuple)):
             raise InputError(f"person {p} must be a list of joints or null, got {type(person).__name__}")
         if len(person) != num_joints:
             raise InputError(f"person {p} has {len(person)} joints, the model's layout has {num_joints}")
         for j, joint in enumerate(person):
+            joint = _listed(joint, f"person {p} joint {j}", channels)
             if joint is None:
                 continue
             if not isinstance(joint, (list, tuple)):

@@ -104,11 +104,12 @@ def _meta_int(value: Any, key: str, cap: int) -> int:
     return value
 
 
-def _input_dims(session) -> tuple[str, list[Any], Any]:
+def _io_shapes(session) -> tuple[str, list[Any], list[Any]]:
+    """(input name, input shape, output shape) as the model declares them."""
     try:
         inp, out = session.get_inputs()[0], session.get_outputs()[0]
-        return inp.name, list(inp.shape), (list(out.shape) or [None])[-1]
-    except (IndexError, AttributeError):
+        return inp.name, list(inp.shape or []), list(out.shape or [])
+    except (IndexError, AttributeError, TypeError):
         raise ModelFileError("the model has no input or no output") from None
 
 
@@ -118,13 +119,13 @@ def read_model_info(session_or_meta, input_name: str | None = None) -> ModelInfo
     so a damaged or hand-edited metadata entry is a :class:`ModelFileError`, never a huge
     allocation or a TypeError later."""
     dims: list[Any] = []
-    outputs = None
+    out_dims: list[Any] | None = None  # None: no network to check (a metadata map)
     if hasattr(session_or_meta, "get_modelmeta"):
         try:
             meta = _decode(session_or_meta.get_modelmeta().custom_metadata_map)
         except (UnicodeDecodeError, RuntimeError) as exc:  # damaged metadata bytes
             raise ModelFileError(f"the model's metadata is unreadable ({type(exc).__name__})") from None
-        name, dims, outputs = _input_dims(session_or_meta)
+        name, dims, out_dims = _io_shapes(session_or_meta)
         input_name = input_name or name
     else:
         meta = _decode(dict(session_or_meta))
@@ -133,6 +134,13 @@ def read_model_info(session_or_meta, input_name: str | None = None) -> ModelInfo
     if missing:
         raise ModelFileError(f"the model has no last_lite metadata ({', '.join(missing)} missing): "
                              f"export it with `python -m last_lite.export`")
+    # what the recognizer feeds and reads: a batch of clips in, one row of logits per clip out
+    if out_dims is not None and len(dims) != 5:
+        raise ModelFileError(f"the network's input must be (batch, channels, frames, joints, persons), "
+                             f"got shape {dims}")
+    if out_dims is not None and len(out_dims) != 2:
+        raise ModelFileError(f"the network's output must be (batch, classes), got shape {out_dims}")
+    outputs = out_dims[-1] if out_dims else None
     names = meta["class_names"]
     if not isinstance(names, list) or not 1 <= len(names) <= _CAPS["classes"] \
             or not all(isinstance(n, str) and len(n) <= 1000 for n in names):
@@ -204,6 +212,16 @@ def _finite_joints(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def _frames_setting(name: str, value: Any, most: int | None = None, most_is: str = "") -> int:
+    """``value`` as a whole number of frames, at least 1 and at most ``most`` (None: no bound)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be a whole number of frames, got {value!r}")
+    if value < 1 or (most is not None and value > most):
+        bound = "at least 1" if most is None else f"between 1 and {most}{most_is}"
+        raise ValueError(f"{name} must be {bound} frames, got {value}")
+    return int(value)
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max()
     e = np.exp(z)
@@ -235,6 +253,8 @@ class ActionRecognizer:
         data, self.integrity_checked = read_model_bytes(self.model_path)
         try:
             self.session = model_session(data, threads=threads, providers=providers, quiet=True)
+        except ImportError:  # a .tflite without ai-edge-litert: the file is fine, the message says what to install
+            raise
         except Exception as exc:  # ORT's own types (InvalidProtobuf, Fail, ...): name the file
             raise ModelFileError(f"{self.model_path} is not a loadable ONNX, ORT or TFLite model "
                                  f"({type(exc).__name__}: {str(exc)[:200]})") from None
@@ -246,13 +266,12 @@ class ActionRecognizer:
         if self.integrity_checked is None and "integrity" in self.info.raw:
             raise ModelFileError(f"{self.model_path} is damaged: its integrity field is unreadable")
         self.layout = get_layout(self.info.layout)
-        self.window = int(window or self.info.clip_len)
-        self.stride = int(stride or max(1, self.info.clip_len // 8))
-        self.min_frames = int(min_frames or self.window)
-        if not 1 <= self.window <= 100 * max(self.info.clip_len, 100) or self.stride < 1 \
-                or not 1 <= self.min_frames <= self.window:
-            raise ValueError(f"need window >= 1, stride >= 1 and 1 <= min_frames <= window; got "
-                             f"window={self.window}, stride={self.stride}, min_frames={self.min_frames}")
+        # None is the default; 0 is a value, refused below (never silently the default)
+        self.window = _frames_setting("window", self.info.clip_len if window is None else window,
+                                      100 * max(self.info.clip_len, 100))
+        self.stride = _frames_setting("stride", max(1, self.info.clip_len // 8) if stride is None else stride)
+        self.min_frames = _frames_setting("min_frames", self.window if min_frames is None else min_frames,
+                                          self.window, " (the window)")
         self._frames: deque[np.ndarray] = deque(maxlen=self.window)
         self._count = 0
         self._since = 0
@@ -318,7 +337,8 @@ class ActionRecognizer:
 
     def finish(self) -> Prediction | None:
         """Predict on the window if frames arrived since the last prediction (the tail of a
-        recording, or a recording shorter than ``min_frames``); else None."""
+        recording, or a recording shorter than ``min_frames``); else None (also when the window
+        holds no joint, see :meth:`predict_window`)."""
         if self._frames and self._since > 0:
             return self.predict_window()
         return None
@@ -334,10 +354,14 @@ class ActionRecognizer:
             out[:f.shape[0], t] = f
         return out
 
-    def predict_window(self) -> Prediction:
-        pred = self.predict_clip(self.window_array(), frame_index=self._count - 1)
+    def predict_window(self) -> Prediction | None:
+        """Predict on the window; None when it holds no joint (nobody in view, or every joint
+        absent: zero, NaN or infinite), where the model would still name a class, confidently."""
+        window = self.window_array()
         self._since = 0
-        return pred
+        if not window.any():
+            return None
+        return self.predict_clip(window, frame_index=self._count - 1)
 
     # -- whole clips -----------------------------------------------------------------------------
     def preprocess(self, keypoints: np.ndarray) -> np.ndarray:
@@ -357,6 +381,9 @@ class ActionRecognizer:
         # the persons the model uses; NaN/inf joints absent (zeros), absurd coordinates refused
         x = np.stack([clean_frame(x[:, t], self.num_joints, self.channels, self.info.max_persons)
                       for t in range(x.shape[1])], axis=1)
+        if not x.any():  # the model would still name a class, confidently
+            raise InputError(f"no joint present in the {x.shape[1]} frames (every joint absent: zero, NaN or "
+                             f"infinite, or no person): nothing to recognise")
         info = self.info
         clips = [normalize_clip(x, self.layout, info.clip_len, info.max_persons, mode=info.mode,
                                 crop_ratio=info.crop_ratio, num_clips=info.num_clips, clip_index=k,
@@ -366,8 +393,20 @@ class ActionRecognizer:
         return np.ascontiguousarray(np.stack(clips).transpose(0, 4, 2, 3, 1))
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        """Raw model logits for model inputs (N, C, T, V, M)."""
-        return self.session.run(None, {self.info.input_name: np.ascontiguousarray(batch, np.float32)})[0]
+        """Raw model logits (N, classes) for model inputs (N, C, T, V, M)."""
+        batch = np.ascontiguousarray(batch, np.float32)
+        want = (self.channels, self.info.clip_len, self.num_joints, self.info.max_persons)
+        if batch.ndim != 5 or batch.shape[1:] != want:  # the caller's mistake, not the file's
+            raise InputError(f"model inputs must be (N, {', '.join(map(str, want))}), got {batch.shape}")
+        try:
+            out = np.asarray(self.session.run(None, {self.info.input_name: batch})[0])
+        except Exception as exc:  # ORT's own types (RuntimeException, Fail, ...): the file's fault
+            raise ModelFileError(f"{self.model_path} failed to run on a {batch.shape} input "
+                                 f"({type(exc).__name__}: {str(exc)[:200]})") from None
+        if out.shape != (len(batch), len(self.class_names)):
+            raise ModelFileError(f"{self.model_path} output shape {out.shape} for {len(batch)} clips, expected "
+                                 f"({len(batch)}, {len(self.class_names)}): one logit per class")
+        return out
 
     def predict_clip(self, keypoints: np.ndarray, frame_index: int = -1) -> Prediction:
         """Predict on a whole recording (M, T, V, C): the test loader's clip(s), logits averaged."""

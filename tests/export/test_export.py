@@ -184,6 +184,93 @@ def test_tensorrt_without_tensorrt_or_gpu_fails_clearly_and_writes_nothing(train
     assert list(tmp_path.iterdir()) == []
 
 
+def _conv_gemm_model(path: Path) -> Path:
+    """skeleton (N, 3, 8, 5, 2) -> Conv with bias -> Relu -> mean -> Gemm with bias -> logits (N, 4)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    init = [numpy_helper.from_array(np.array([0, 3, 8, 10], np.int64), "shape"),
+            numpy_helper.from_array(rng.normal(size=(6, 3, 1, 1)).astype(np.float32), "cw"),
+            numpy_helper.from_array(rng.normal(size=6).astype(np.float32), "cb"),
+            numpy_helper.from_array(rng.normal(size=(6, 4)).astype(np.float32), "gw"),
+            numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "gb")]
+    nodes = [helper.make_node("Reshape", ["skeleton", "shape"], ["flat"]),
+             helper.make_node("Conv", ["flat", "cw", "cb"], ["conv"]),
+             helper.make_node("Relu", ["conv"], ["act"]),
+             helper.make_node("GlobalAveragePool", ["act"], ["pool"]),
+             helper.make_node("Flatten", ["pool"], ["feat"]),
+             helper.make_node("Gemm", ["feat", "gw", "gb"], ["logits"])]
+    graph = helper.make_graph(nodes, "conv_gemm",
+                              [helper.make_tensor_value_info("skeleton", TensorProto.FLOAT, ["batch", 3, 8, 5, 2])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])], init)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_the_tensorrt_int8_model_has_no_int32_dequantize_input(tmp_path):
+    """TensorRT 10's ONNX parser takes only INT8/FP8/INT4 DequantizeLinear inputs; ORT's quantizer
+    stores Conv/Gemm biases as INT32 ones unless told not to, which the backend forces."""
+    from types import SimpleNamespace
+
+    import onnx
+    from omegaconf import OmegaConf
+
+    from last_lite.export.backends.tensorrt import quantization_for_tensorrt
+    from last_lite.export.common import quantize
+
+    backend = OmegaConf.to_container(OmegaConf.load(CONF / "backend" / "tensorrt.yaml"), resolve=True)
+    qcfg, calib = backend["quantization"], {**backend["calibration"], "samples": 8}
+    qcfg["extra_options"].pop("QuantizeBias", None)  # a user config without it: the backend forces it anyway
+    x = np.random.default_rng(1).normal(size=(8, 3, 8, 5, 2)).astype(np.float32)
+    dm = SimpleNamespace(calibration_dataloader=lambda samples, seed: [(x, None)])
+    fp32 = _conv_gemm_model(tmp_path / "model.onnx")
+
+    def dequantize_input_types(path: Path) -> list[int]:
+        model = onnx.load(str(path))
+        types = {t.name: t.data_type for t in model.graph.initializer}
+        return [types[n.input[0]] for n in model.graph.node if n.op_type == "DequantizeLinear"
+                and n.input[0] in types]
+
+    # the control: ORT's default gives the INT32 biases TensorRT refuses
+    quantize(fp32, tmp_path / "default.onnx", dm, qcfg, calib)
+    assert onnx.TensorProto.INT32 in dequantize_input_types(tmp_path / "default.onnx")
+    quantize(fp32, tmp_path / "trt.onnx", dm, quantization_for_tensorrt(qcfg), calib)
+    types = dequantize_input_types(tmp_path / "trt.onnx")
+    assert types and set(types) == {onnx.TensorProto.INT8}  # the weights, quantized; no INT32 anywhere
+
+
+@pytest.mark.parametrize("version", ["11.0.0", "9.3.0.1", "unknown"])
+def test_tensorrt_of_another_major_version_is_refused_before_anything_is_written(monkeypatch, version):
+    import types
+
+    from last_lite.export.tensorrt import TensorRTUnavailable, require_tensorrt
+
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__=version))
+    with pytest.raises(TensorRTUnavailable, match=rf"TensorRT {version} is installed here.*TensorRT 10"):
+        require_tensorrt()
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.13.3.9"))
+    try:  # TensorRT 10 passes the version check (then needs a GPU)
+        require_tensorrt()
+    except TensorRTUnavailable as exc:
+        assert "is installed here" not in str(exc) and "NVIDIA GPU" in str(exc)
+
+
+def test_the_engine_runner_refuses_a_shape_outside_its_profile():
+    """TensorRT's set_input_shape answers False for such a shape; running on used the old one."""
+    from types import SimpleNamespace
+
+    from last_lite.export.tensorrt import EngineRunner
+
+    runner = EngineRunner.__new__(EngineRunner)  # no TensorRT here: the context answers as TensorRT 10's
+    runner.context = SimpleNamespace(set_input_shape=lambda name, shape: shape[1:] == (3, 32, 25, 2))
+    runner.inputs, runner.min_shape, runner.max_shape = ["skeleton"], (1, 3, 32, 25, 2), (8, 3, 32, 25, 2)
+    runner.max_batch = 8
+    with pytest.raises(ValueError, match=r"refuses input shape \(2, 3, 16, 25, 2\).*takes \(1, 3, 32, 25, 2\) "
+                                         r"to \(8, 3, 32, 25, 2\)"):
+        runner.run_batch(np.zeros((2, 3, 16, 25, 2), np.float32))
+
+
 def _raw_test_samples(trained, monkeypatch):
     """The synthetic test recordings BEFORE pre-normalisation (what a sensor would give)."""
     from last_lite.data.sources import synthetic

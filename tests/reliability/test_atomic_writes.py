@@ -249,3 +249,78 @@ def test_every_writer_in_the_package_uses_a_temp_name_and_a_rename():
                 assert key is not None, f"{rel}: a write without a temp name and a rename: {line.strip()}"
                 found.add(key)
     assert found <= set(ALLOWED)
+
+
+# ------------------------------------------------------------------------------------------------
+# export files written outside atomic_write: the .ort files and the Core ML packages (folders)
+
+def test_ort_files_get_their_own_hash_before_they_take_their_name(tmp_path, monkeypatch):
+    """The converter's .ort carries its .onnx source's hash: stamped while still in the staging
+    folder, a file under the final name always passes its own check."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from last_lite.export.backends import ort as ort_backend
+    from last_lite.runtime.integrity import KEY, PLACEHOLDER, stamp, verify
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    prop = model.metadata_props.add()
+    prop.key, prop.value = KEY, f'"{PLACEHOLDER}"'
+    source = tmp_path / "model.onnx"
+    onnx.save(model, str(source))
+    stamp(source)
+    checked = {}
+    move = shutil.move
+
+    def checking_move(src, dst):
+        if str(src).endswith(".ort"):  # what a reader of `dst` finds from now on
+            checked[Path(dst).name] = verify(Path(src).read_bytes(), str(src))
+        return move(src, dst)
+
+    monkeypatch.setattr(ort_backend.shutil, "move", checking_move)
+    out = tmp_path / "out"
+    out.mkdir()
+    converted = ort_backend.convert_to_ort([source], out)
+    assert checked == {"model.ort": True}
+    assert converted["files"]["model.onnx"] == out / "model.ort"
+    assert converted["sha256"]["model.onnx"] in (out / "model.ort").read_bytes().decode("latin1")
+    assert sorted(p.name for p in out.iterdir()) == ["model.ort", "required_operators.config"]
+
+
+class _Package:
+    """An MLModel as save() sees it: writes an .mlpackage folder."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def save(self, path: str) -> None:
+        Path(path).mkdir()
+        (Path(path) / "Manifest.json").write_text(self.text)
+
+
+def test_a_coreml_package_is_replaced_by_renames_and_never_half_deleted(tmp_path, monkeypatch):
+    from last_lite.export import coreml
+
+    path, plain = tmp_path / "model.mlpackage", tmp_path / "plain.mlpackage"
+    coreml.save(_Package("one"), path)
+    (path / "weights.bin").write_bytes(b"old")
+    coreml.save(_Package("two"), path)
+    assert [p.name for p in path.iterdir()] == ["Manifest.json"] and (path / "Manifest.json").read_text() == "two"
+    plain.write_text("a plain file where the package goes")
+    coreml.save(_Package("three"), plain)
+    assert (plain / "Manifest.json").read_text() == "three"
+    replace = os.replace
+
+    def failing_final_rename(src, dst):
+        if Path(dst) == path and Path(src).name == path.name:
+            raise OSError("injected: the final rename failed")
+        return replace(src, dst)
+
+    monkeypatch.setattr(coreml.os, "replace", failing_final_rename)
+    with pytest.raises(OSError, match="injected"):
+        coreml.save(_Package("four"), path)
+    assert (path / "Manifest.json").read_text() == "two"  # the previous package, back and whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.mlpackage", "plain.mlpackage"]  # no temp left

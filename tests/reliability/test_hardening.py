@@ -290,10 +290,12 @@ def test_bad_json_lines_are_reported_and_skipped_and_the_stream_goes_on():
 
 def test_non_finite_joints_are_absent_and_never_give_a_nan_score(tmp_path):
     rec = ActionRecognizer(make_model(tmp_path / "m.onnx"))
+    good = np.random.default_rng(1).normal(size=(1, V, C)).astype(np.float32)
     for value in (np.nan, np.inf, -np.inf):
         rec.reset()
         frame = np.full((1, V, C), value, np.float32)
-        preds = list(rec.stream([frame] * CLIP))
+        assert list(rec.stream([frame] * CLIP)) == []  # every joint absent: no prediction at all
+        preds = list(rec.stream([frame] * (CLIP - 1) + [good]))
         assert preds and all(np.isfinite(p.score) for p in preds)
         x = np.random.default_rng(0).normal(size=(1, CLIP, V, C)).astype(np.float32)
         x[0, :, 3] = value

@@ -103,6 +103,34 @@ def test_a_pyskl_pickle_runs_no_code_unless_the_user_says_it_is_trusted(tmp_path
     assert marker.exists()
 
 
+def test_a_config_file_cannot_mark_a_pyskl_pickle_as_trusted(tmp_path):
+    """A run folder's config.yaml, or a checkpoint's saved data config, is anyone's file: export and
+    evaluate ignore its `trusted: true`; only the command line can say the pickle is trusted."""
+    from last_lite.evaluate import resolve_data
+    from last_lite.export.common import build_datamodule, data_config
+
+    marker, path = tmp_path / "code-ran", tmp_path / "ntu60_3danno.pkl"
+    with open(path, "wb") as fh:
+        pickle.dump({"split": {}, "annotations": [], "planted": Planted(marker)}, fh)
+    data = {"_target_": "last_lite.data.datamodule.SkeletonDataModule", "split": "xsub",
+            "source": {"_target_": "last_lite.data.sources.pyskl.PYSKLSource", "path": str(path), "trusted": True}}
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml({"data": data}))
+    cfg = data_config(OmegaConf.create({"data_config": None, "data_overrides": {"num_workers": 0}}), tmp_path)
+    assert cfg.source.trusted is False
+    with pytest.raises(UntrustedPickleError, match=r"\+data_overrides\.source\.trusted=true") as refused:
+        build_datamodule(cfg)
+    assert str(path) in str(refused.value)
+    assert not marker.exists()
+    cfg = data_config(OmegaConf.create({"data_config": None, "data_overrides": {"source": {"trusted": True}}}),
+                      tmp_path)
+    assert cfg.source.trusted is True  # the user's word, on the command line
+    # evaluate, from the checkpoint's saved data config (its own record left as it was)
+    run = OmegaConf.create({"ckpt": str(tmp_path / "x.ckpt"), "data": {}})
+    resolve_data(run, {"data_spec": {"data_config": data}})
+    assert run.data.source.trusted is False and data["source"]["trusted"] is True
+    assert not marker.exists()
+
+
 def _calls(text: str, pattern: str) -> list[str]:
     """The full text of every call whose start matches ``pattern`` (ending in "("), parentheses matched."""
     out = []

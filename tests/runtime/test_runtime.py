@@ -29,24 +29,32 @@ def _env() -> dict:
     return env
 
 
-def make_model(path: Path, metadata: dict | None = None) -> Path:
+def make_model(path: Path, metadata: dict | None = None, tail: list | None = None, tail_init: list = (),
+               output_shape: tuple = ("batch", len(CLASSES))) -> Path:
     """logits = mean over (T, V, M) of x (N, C) @ W (C, K) + mean|x| * b: a tiny model whose
-    output depends on the normalised input."""
+    output depends on the normalised input. ``tail`` (nodes, with their initializers
+    ``tail_init``) replaces the bias: from ``lin`` (N, K) and ``skeleton`` to ``logits`` of
+    ``output_shape``."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.normal(size=(C, len(CLASSES))).astype(np.float32), "w")
     b = numpy_helper.from_array(np.array([0.5, -0.2, 0.1], np.float32), "b")
     nodes = [helper.make_node("ReduceMean", ["skeleton"], ["pooled"], axes=[2, 3, 4], keepdims=0),
-             helper.make_node("MatMul", ["pooled", "w"], ["lin"]),
-             helper.make_node("Abs", ["pooled"], ["absp"]),
-             helper.make_node("ReduceMean", ["absp"], ["mag"], axes=[1], keepdims=1),
-             helper.make_node("Mul", ["mag", "b"], ["bias"]),
-             helper.make_node("Add", ["lin", "bias"], ["logits"])]
+             helper.make_node("MatMul", ["pooled", "w"], ["lin"])]
+    init = [w]
+    if tail is None:
+        nodes += [helper.make_node("Abs", ["pooled"], ["absp"]),
+                  helper.make_node("ReduceMean", ["absp"], ["mag"], axes=[1], keepdims=1),
+                  helper.make_node("Mul", ["mag", "b"], ["bias"]),
+                  helper.make_node("Add", ["lin", "bias"], ["logits"])]
+        init.append(b)
+    else:
+        nodes += tail
+        init += list(tail_init)
     graph = helper.make_graph(
         nodes, "tiny", [helper.make_tensor_value_info("skeleton", TensorProto.FLOAT, ["batch", C, CLIP, V, M])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(CLASSES)])],
-        [w, b])
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, list(output_shape))], init)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     meta = {"format": "last_lite.onnx/1", "model": "tiny", "class_names": CLASSES, "layout": "ntu25",
             "clip_len": CLIP, "max_persons": M, "in_channels": C, "coord_dims": 3,
@@ -223,3 +231,131 @@ def test_cli_on_json_lines_stdin_npy_and_skeleton(model_path, tmp_path):
         document.write_text(json.dumps({"skeletons": skeletons}))
         bad = _cli("--model", str(model_path), "--input", str(document), "--layout", "ntu25")
         assert bad.returncode == 2 and re.search(message, bad.stderr), bad.stderr
+
+
+def _zoo_model() -> str:
+    from last_lite.runtime.__main__ import resolve_model
+
+    if "nw_ucla/last_lite_small" not in json.loads((ROOT / "zoo" / "index.json").read_text()):
+        pytest.skip("zoo model nw_ucla/last_lite_small is not in zoo/index.json")
+    return resolve_model("zoo:nw_ucla/last_lite_small")
+
+
+def test_a_window_without_joints_gets_no_prediction(tmp_path, capsys):
+    """A trained network still names a class, confidently, for an empty input (the NW-UCLA zoo
+    model says "walk around" at 0.96): a window or recording with no joint present gets none."""
+    from last_lite.runtime import ActionRecognizer
+    from last_lite.runtime.__main__ import cli
+    from last_lite.runtime.inputs import InputError
+
+    model = _zoo_model()
+    rec = ActionRecognizer(model, stride=8, threads=1)
+    joints, clip = rec.num_joints, rec.info.clip_len
+    assert list(rec.stream([None] * (clip + 5))) == []  # nobody in view: push and finish
+    nan = np.full((1, joints, C), np.nan, np.float32)
+    assert list(rec.stream([nan] * clip + [[]] * 3)) == []
+    empty = (np.full((1, 40, joints, C), np.nan, np.float32), np.zeros((0, 40, joints, C), np.float32),
+             np.zeros((2, 40, joints, C), np.float32))
+    for x in empty:
+        with pytest.raises(InputError, match="no joint present in"):
+            rec.predict_clip(x)
+    # a person walking in: predictions resume on the stride's schedule
+    person = (np.random.default_rng(0).normal(size=(1, joints, C)) * 0.2 + [0, 0, 3]).astype(np.float32)
+    rec.reset()
+    preds = [rec.push(None) for _ in range(clip)] + [rec.push(person) for _ in range(8)]
+    assert [i for i, p in enumerate(preds) if p is not None] == [clip + 7]
+    np.save(tmp_path / "nan.npy", empty[0])
+    assert cli(["--model", model, "--input", str(tmp_path / "nan.npy"), "--threads", "1"]) == 0
+    assert "40 frames, no prediction" in capsys.readouterr().out
+    assert cli(["--model", model, "--input", str(tmp_path / "nan.npy"), "--whole", "--threads", "1"]) == 2
+    assert "no joint present in" in capsys.readouterr().err
+
+
+def test_a_model_of_another_shape_or_that_fails_to_run_is_a_model_file_error(tmp_path, capsys):
+    from onnx import helper, numpy_helper
+
+    from last_lite.runtime import ActionRecognizer
+    from last_lite.runtime.__main__ import cli
+    from last_lite.runtime.inputs import ModelFileError
+
+    # logits (batch, 2, K): the last axis matched the class names, then predictions indexed past them
+    pairs = make_model(tmp_path / "pairs.onnx", output_shape=("batch", 2, len(CLASSES)), tail=[
+        helper.make_node("Unsqueeze", ["lin", "axis1"], ["one"]),
+        helper.make_node("Concat", ["one", "one"], ["logits"], axis=1)],
+        tail_init=[numpy_helper.from_array(np.array([1], np.int64), "axis1")])
+    with pytest.raises(ModelFileError, match=r"pairs.onnx.*output must be \(batch, classes\)"):
+        ActionRecognizer(pairs)
+    # loads, then fails inside ONNX Runtime: 2400 values per clip do not reshape to rows of 7
+    breaks = make_model(tmp_path / "breaks.onnx", tail=[
+        helper.make_node("Reshape", ["skeleton", "rows7"], ["rows"]),
+        helper.make_node("ReduceSum", ["rows"], ["total"], keepdims=0),
+        helper.make_node("Mul", ["total", "zero"], ["nothing"]),
+        helper.make_node("Add", ["lin", "nothing"], ["logits"])],
+        tail_init=[numpy_helper.from_array(np.array([-1, 7], np.int64), "rows7"),
+                   numpy_helper.from_array(np.zeros((), np.float32), "zero")])
+    rec = ActionRecognizer(breaks, threads=1)
+    with pytest.raises(ModelFileError, match=r"breaks.onnx failed to run"):
+        rec.predict_clip(recording(20))
+    np.save(tmp_path / "rec.npy", recording(20))
+    assert cli(["--model", str(breaks), "--input", str(tmp_path / "rec.npy"), "--whole"]) == 2
+    err = capsys.readouterr().err
+    assert "breaks.onnx failed to run" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_frames_built_from_numpy_values_read_like_lists(model_path):
+    from last_lite.runtime import ActionRecognizer, as_frame
+
+    x = recording(CLIP, persons=2)
+    frame = x[:, 0]
+    expected = as_frame(frame, V, C)
+    for built in ([frame[0], frame[1]], [list(frame[0]), list(frame[1])],
+                  [[[np.float32(v) for v in joint] for joint in person] for person in frame],
+                  {"persons": [frame[0].astype(np.float64), frame[1]]}):
+        np.testing.assert_array_equal(as_frame(built, V, C), expected)
+    assert as_frame([[[np.int64(1), np.int32(2), np.uint8(3)]] * V], V, C)[0, 0].tolist() == [1, 2, 3]
+    with_nan = frame[0].copy()
+    with_nan[4, 1] = np.nan
+    got = as_frame([with_nan], V, C)
+    assert not got[0, 4].any() and got[0, 5].any()  # a NaN joint is still absent
+    for bad, message in (([[[np.bool_(True), 0.0, 0.0]] * V], "must be a number, got bool"),
+                         ([[[True, 0.0, 0.0]] * V], "must be a number, got bool"),
+                         ([frame[0][:24]], "person 0 has 24 joints"),
+                         ([frame[0][:, :2]], "person 0 joint 0 has 2 values"),
+                         ([np.zeros((V, 4))], r"person 0 holds 100 values \(shape \(25, 4\)\)"),
+                         ([np.float32(1.0)], "person 0 must be a list of joints"),
+                         ([[np.array("abc")] * V], "person 0 joint 0 must be a list of numbers")):
+        with pytest.raises(ValueError, match=message):
+            as_frame(bad, V, C)
+    arrays, lists = ActionRecognizer(model_path, threads=1), ActionRecognizer(model_path, threads=1)
+    for t in range(CLIP):
+        a, b = arrays.push(x[:, t]), lists.push([x[0, t], x[1, t]])
+    assert a is not None and b is not None and a.score == b.score
+
+
+@pytest.mark.parametrize("setting", [{"window": 0}, {"stride": 0}, {"min_frames": 0}, {"window": -3},
+                                     {"min_frames": CLIP + 1}, {"window": 8.0}, {"stride": True}])
+def test_window_settings_of_zero_or_not_whole_are_refused_never_the_default(model_path, setting):
+    from last_lite.runtime import ActionRecognizer
+
+    name = next(iter(setting))
+    with pytest.raises(ValueError, match=rf"{name} must be"):
+        ActionRecognizer(model_path, **setting)
+    rec = ActionRecognizer(model_path, window=np.int64(8), stride=1, min_frames=np.int64(4))
+    assert (rec.window, rec.stride, rec.min_frames) == (8, 1, 4)
+    proc = _cli("--model", str(model_path), "--input", "-", "--window", "0", stdin="")
+    assert proc.returncode == 2 and "window must be between 1 and" in proc.stderr
+
+
+def test_a_tflite_model_without_litert_asks_for_it_without_blaming_the_file(tmp_path, monkeypatch, capsys):
+    from last_lite.runtime import ActionRecognizer
+    from last_lite.runtime.__main__ import cli
+
+    model = tmp_path / "model.tflite"
+    model.write_bytes(b"\0\0\0\0TFL3" + bytes(64))  # the identifier is all the runtime looks at first
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    with pytest.raises(ImportError, match="pip install ai-edge-litert"):
+        ActionRecognizer(model)
+    assert cli(["--model", str(model), "--input", "-"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install ai-edge-litert" in err and "not a loadable" not in err and "Traceback" not in err

@@ -19,7 +19,6 @@ class OrtMobileBackend(OnnxInt8Backend):
     name = "ort"
 
     def build(self, ctx) -> None:
-        from last_lite.runtime.integrity import stamp
         from last_lite.runtime.session import ort_session, session_logits
 
         sources = {"ort_fp32": ctx.fp32_path}
@@ -31,8 +30,7 @@ class OrtMobileBackend(OnnxInt8Backend):
         info: dict = {"target_platform": platform, "optimization": "Fixed (all)",
                       "required_operators": str(converted["config"].name), "files": {}}
         for name, src in sources.items():
-            path = converted[src.name]
-            integrity = stamp(path) if b"last_lite.sha256=" in path.read_bytes() else None
+            path, integrity = converted["files"][src.name], converted["sha256"][src.name]
             session = ort_session(path, ctx.threads)
             ref = ctx.runners["int8" if name == "ort_int8" else "fp32"]
             a, b = session_logits(ref, ctx.parity_x), session_logits(session, ctx.parity_x)
@@ -50,11 +48,15 @@ class OrtMobileBackend(OnnxInt8Backend):
 
 def convert_to_ort(paths: list[Path], out_dir: Path, target_platform: str | None = None) -> dict:
     """``paths`` (.onnx) -> ``out_dir``/<stem>.ort and one ``out_dir/required_operators.config``
-    for all of them (ONNX Runtime's ``convert_onnx_models_to_ort``, fixed optimisations)."""
+    for all of them (ONNX Runtime's ``convert_onnx_models_to_ort``, fixed optimisations).
+    Returns ``{"files": {onnx name: .ort path}, "sha256": {onnx name: the .ort's own hash, None
+    when it carries no integrity field}, "config": path}``."""
     import contextlib
     import io
 
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    from last_lite.runtime.integrity import PREFIX, stamp
 
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".ort-") as tmp:
@@ -65,12 +67,15 @@ def convert_to_ort(paths: list[Path], out_dir: Path, target_platform: str | None
         with contextlib.redirect_stdout(io.StringIO()):
             convert_onnx_models_to_ort(stage, output_dir=dest, optimization_styles=[OptimizationStyle.Fixed],
                                        target_platform=target_platform)
-        result = {}
+        result: dict = {"files": {}, "sha256": {}}
         for p in paths:
             made = dest / (p.stem + ".ort")
+            # the .ort carries its source's hash until stamped: stamped here, before it takes its
+            # final name, so no reader ever finds a file under that name that fails its own check
+            result["sha256"][p.name] = stamp(made) if PREFIX in made.read_bytes() else None
             final = out_dir / made.name
             shutil.move(str(made), final)  # same filesystem: a rename
-            result[p.name] = final
+            result["files"][p.name] = final
         config = out_dir / "required_operators.config"
         shutil.move(str(dest / "required_operators.config"), config)
         result["config"] = config

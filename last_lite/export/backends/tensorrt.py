@@ -3,10 +3,23 @@ model), compared with ONNX Runtime on real clips. Needs ``last_lite[tensorrt]`` 
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 from omegaconf import OmegaConf
 
 from last_lite.export.backends import Backend
 from last_lite.export.common import parity_samples, quantize
+
+
+def quantization_for_tensorrt(qcfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``qcfg`` (the backend's ``quantization`` options) with the biases left in float.
+
+    ORT's quantizer otherwise stores Conv/Gemm biases as INT32 behind a DequantizeLinear, and
+    TensorRT 10's ONNX parser takes only INT8/FP8/INT4 DequantizeLinear inputs: the engine build
+    would fail. Forced here, so a config that drops the option cannot bring the INT32 biases back."""
+    out = dict(qcfg)
+    out["extra_options"] = {**dict(out.get("extra_options") or {}), "QuantizeBias": False}
+    return out
 
 
 class TensorRTBackend(Backend):
@@ -30,8 +43,8 @@ class TensorRTBackend(Backend):
         src, ref_session, info = ctx.fp32_path, ctx.sess32, {}
         if precision == "int8":
             src = ctx.out_dir / "model_trt_int8.onnx"
-            info["quantization"] = quantize(ctx.fp32_path, src, ctx.dm,
-                                            OmegaConf.to_container(tcfg.quantization, resolve=True),
+            qcfg = quantization_for_tensorrt(OmegaConf.to_container(tcfg.quantization, resolve=True))
+            info["quantization"] = quantize(ctx.fp32_path, src, ctx.dm, qcfg,
                                             OmegaConf.to_container(tcfg.calibration, resolve=True))
             ctx.files["trt_qdq"] = file_facts(src, ctx.params)
             ref_session = ort_session(src, ctx.threads)
