@@ -7,9 +7,10 @@ and ``plots/`` into the run folder.
 
 Rerun the same command with the same ``hydra.run.dir`` (or ``run_dir=``) to resume: finished
 stages whose config hash matches are reused, an interrupted training stage resumes from its
-``last.ckpt``, any other half-written one is moved aside and redone,
+checkpoint, any other half-written one is moved aside and redone,
 ``tree.force=[stage,...]`` redoes the named stages (and, through their new outputs, every
-stage downstream). Changing a threshold (``tree.thresholds.*``) reuses every stage.
+stage downstream; rerunning a cut invocation with the same ``tree.force`` continues its redo).
+Changing a threshold (``tree.thresholds.*``) reuses every stage.
 
 The tree's settings are the ``tree`` group (conf/tree/); the former spellings
 ``pipeline=<preset>`` / ``pipeline.*`` are rewritten to ``tree=`` / ``tree.*`` with a warning
@@ -17,7 +18,9 @@ The tree's settings are the ``tree`` group (conf/tree/); the former spellings
 
 Exit status: 0 when the tree completed or stopped at a decision (the report says which), 1 when
 a stage failed (the report names it and its log). Interrupted (Ctrl-C, SIGTERM), it ends the
-running stages' processes, writes the report so far (status ``interrupted``) and exits non-zero.
+running stages' processes, writes the report so far (status ``interrupted``) and exits non-zero;
+stopped by any other error, it writes the report (status ``error``) before the error propagates,
+so a report from an earlier invocation never outlives the state it described.
 ``python -m last_lite.pipeline.status <run folder>`` shows where a run stands, also while it runs.
 """
 
@@ -26,7 +29,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +39,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from last_lite.pipeline.state import (INTERRUPTED_EXIT, AdoptionRefused, Lock, PipelineState, Stage,
-                                      StageFailed, StageRunner, now, take_stage_choices)
+                                      StageFailed, StageRunner, interrupt, now, take_stage_choices)
 from last_lite.pipeline.tree import CONF_DIR, Tree
 
 log = logging.getLogger("last_lite.pipeline")
@@ -104,14 +109,19 @@ def run(cfg: DictConfig, runner_fn=None) -> dict[str, Any]:
         kwargs = {} if runner_fn is None else {"runner": runner_fn}
         adopt = cfg.tree.get("adopt")
         adopt = OmegaConf.to_container(adopt, resolve=True) if adopt is not None else {}
-        runner = StageRunner(state, stage_identity(run_dir, cwd), force=force,
+        runner = StageRunner(state, stage_identity(run_dir, cwd), force=state.continue_force(force),
                              python=cfg.get("python"), cwd=cwd, adopt=adopt, **kwargs)
         tree = Tree(cfg, state, runner)
+        tree.check_stage_names(force, adopt)
         log.info("every training stage gets: %s", " ".join(tree.common()) or "the commands' defaults")
         invocation: dict[str, Any] = {"started_at": now(), "argv": list(sys.argv), "force": force,
                                       "thresholds": OmegaConf.to_container(cfg.tree.thresholds,
                                                                            resolve=True)}
         interrupted: KeyboardInterrupt | None = None
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        previous_sigterm = signal.getsignal(signal.SIGTERM) if on_main_thread else None
+        if on_main_thread:  # SIGTERM (a session's end) unwinds like Ctrl-C wherever it lands
+            signal.signal(signal.SIGTERM, interrupt)
         try:
             tree.run()
         except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM (a session's end): stages stay resumable
@@ -119,7 +129,7 @@ def run(cfg: DictConfig, runner_fn=None) -> dict[str, Any]:
             tree.outcome["status"] = "interrupted"
             tree.outcome["warnings"].append(
                 "interrupted: rerun the same command to continue (a training stage resumes from its "
-                "last.ckpt); `python -m last_lite.pipeline.status <run folder>` shows where it stands")
+                "checkpoint); `python -m last_lite.pipeline.status <run folder>` shows where it stands")
         except StageFailed as exc:
             tree.outcome["status"] = "failed"
             tree.outcome["failures"].append(
@@ -129,9 +139,15 @@ def run(cfg: DictConfig, runner_fn=None) -> dict[str, Any]:
             tree.outcome["status"] = "failed"
             tree.outcome["failures"].append(str(exc))
             log.error("%s", exc)
+        except Exception as exc:
+            tree.outcome["status"] = "error"
+            tree.outcome["failures"].append(f"stopped by an error: {type(exc).__name__}: {exc}")
+            raise
         finally:
-            if tree.outcome["status"] == "running":  # an exception other than a stage failure
-                tree.outcome["status"] = "error"
+            if on_main_thread:
+                signal.signal(signal.SIGTERM, previous_sigterm)
+            if tree.outcome["status"] in ("complete", "stopped"):
+                state.data["pending_force"] = None  # a later tree.force redoes again
             unknown = sorted(set(force) - set(tree.outcome["stages"]))
             if unknown:
                 tree.outcome["warnings"].append(
@@ -141,7 +157,7 @@ def run(cfg: DictConfig, runner_fn=None) -> dict[str, Any]:
             state.data["invocations"].append(invocation)
             state.data["last_invocation"] = invocation
             state.save()
-        report = write_report(cfg, state, runner, tree.outcome, invocation)
+            report = write_report(cfg, state, runner, tree.outcome, invocation)
     _print_summary(report)
     if interrupted is not None:
         raise interrupted

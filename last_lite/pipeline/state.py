@@ -19,10 +19,12 @@ folder) and what the latest pipeline invocation did with it (``ran`` / ``reused`
 A stage is ``done`` only after its metrics.json (and the outputs its consumers need) exist. On a
 rerun a stage is reused when it is done, its hash matches and its outputs are still there. A
 training stage (train, distill, pretrain) that was interrupted (its record still says ``running``,
-its process is gone: a session ended, the machine rebooted) with the same hash resumes from its
-``checkpoints/last.ckpt`` in place (``ckpt_path=``, the log appended), so a tree whose stages
-outlast one sitting still advances. Otherwise the folder (half-written, failed, stale or forced)
-is moved aside into ``_aside/`` and the stage runs again from scratch.
+its process is gone: a session ended, the machine rebooted) with the same hash resumes in place
+from the furthest on of its ``checkpoints/last.ckpt`` and ``step.ckpt`` (``ckpt_path=``, the log
+appended), so a tree whose stages outlast one sitting still advances. Otherwise the folder
+(half-written, failed, stale or forced) is moved aside into ``_aside/`` and the stage runs again
+from scratch. ``tree.force`` is kept in the state file until a run completes, so the same command
+run again after a cut continues the redo instead of forcing the redone stages once more.
 
 Independent stages may run side by side (:meth:`StageRunner.ensure_all`, the tree's ``jobs``);
 each then gets ``threads=<cores / jobs>`` unless its overrides set ``threads``. Resume and thread
@@ -182,9 +184,32 @@ class PipelineState:
         value = Path(self.stages[name]["outputs"][key])
         return value if value.is_absolute() else self.run_dir / value
 
-    def last_checkpoint(self, name: str) -> Path:
-        """Where a training stage's ``last.ckpt`` is (a resume starts from it), present or not."""
-        return self.stage_dir(name) / "checkpoints" / "last.ckpt"
+    def resume_files(self, name: str) -> list[Path]:
+        """A training stage's checkpoints a resume can start from: the epoch-end ``last.ckpt`` and
+        the every-N-steps ``step.ckpt`` (``callbacks.step_checkpoint``), those present."""
+        folder = self.stage_dir(name) / "checkpoints"
+        return [p for p in (folder / "last.ckpt", folder / "step.ckpt") if p.is_file()]
+
+    def continue_force(self, force: Sequence[str]) -> list[str]:
+        """The stages this invocation's ``tree.force`` still redoes. Rerunning the command of an
+        invocation that was cut (or failed) with the same ``tree.force`` continues its redo: the
+        stages it already started redoing are not forced again (an interrupted one resumes from
+        its checkpoint), else every sitting would start the redo over. A run that completes (or
+        stops at a decision) ends the redo: forcing again then redoes again."""
+        pending = self.data.get("pending_force")
+        if force and pending and sorted(pending["stages"]) == sorted(set(force)):
+            started = set(pending["started"])
+            if started:
+                log.info("tree.force: continuing the redo of an unfinished invocation; %s already "
+                         "redone or being redone, not forced again", ", ".join(sorted(started)))
+            return [name for name in force if name not in started]
+        self.data["pending_force"] = {"stages": sorted(set(force)), "started": []} if force else None
+        return list(force)
+
+    def note_forced(self, name: str) -> None:
+        pending = self.data.get("pending_force")
+        if pending is not None and name not in pending["started"]:
+            pending["started"].append(name)
 
     def fingerprint(self, name: str) -> str:
         """What a consumer of stage ``name`` saw: its metrics.json (a rerun changes wall_time_s)."""
@@ -381,20 +406,23 @@ class StageRunner:
     # -- completeness -------------------------------------------------------------------------
     def outputs_of(self, stage: Stage) -> dict[str, Path] | None:
         """The stage's outputs if its folder holds a complete run, else None."""
+        outputs, missing = self._outputs(stage)
+        return None if missing else outputs
+
+    def _outputs(self, stage: Stage) -> tuple[dict[str, Path], list[str]]:
+        """The stage's outputs and which of them are missing (or unreadable)."""
         stage_dir = self.state.stage_dir(stage.name)
         metrics_file = stage_dir / "metrics.json"
         if not metrics_file.is_file():
-            return None
+            return {}, [str(metrics_file)]
         try:
             metrics = json.loads(metrics_file.read_text())
         except ValueError:
-            return None
+            return {}, [f"{metrics_file} (not JSON)"]
         outputs = {"metrics": metrics_file}
         if stage.required_outputs is not None:
             outputs.update(stage.required_outputs(metrics, stage_dir))
-        if not all(Path(p).exists() for p in outputs.values()):
-            return None
-        return outputs
+        return outputs, [str(p) for p in outputs.values() if not Path(p).exists()]
 
     def _relative(self, outputs: Mapping[str, Path]) -> dict[str, str]:
         rel = {}
@@ -457,13 +485,19 @@ class StageRunner:
 
     # -- run or reuse ---------------------------------------------------------------------------
     def resume_checkpoint(self, stage: Stage, record: Mapping[str, Any], digest: str) -> Path | None:
-        """The ``last.ckpt`` an interrupted training stage with this hash resumes from, else None."""
+        """The checkpoint an interrupted training stage with this hash resumes from (the furthest
+        on of ``last.ckpt`` and ``step.ckpt``), else None."""
         if stage.command not in RESUMABLE_COMMANDS or stage.name in self.force:
             return None
         if record.get("status") != "running" or record.get("hash") != digest:
             return None  # a failed stage starts over: what it saved may be what failed
-        ckpt = self.state.last_checkpoint(stage.name)
-        return ckpt if ckpt.is_file() else None
+        from last_lite.training.checkpoints import newest_checkpoint
+
+        try:
+            return newest_checkpoint(self.state.resume_files(stage.name))
+        except ValueError as exc:  # a damaged checkpoint: the stage starts over, its folder moved aside
+            log.warning("stage %s: cannot resume (%s)", stage.name, exc)
+            return None
 
     def ensure(self, stage: Stage, run_args: Sequence[str] = ()) -> dict:
         """Reuse the stage if it is done with the same hash, resume it if it was interrupted, else
@@ -501,6 +535,7 @@ class StageRunner:
             else:
                 if forced:
                     reason = "forced"
+                    self.state.note_forced(stage.name)
                 elif record.get("status") == "done" and outputs is not None:
                     reason = "stale"      # its config (or an input) changed
                 elif not record and not self.state.stage_dir(stage.name).exists():
@@ -561,15 +596,15 @@ class StageRunner:
         record["finished_at"] = now()
         record.pop("pid", None)
         record.pop("pid_start_id", None)
-        outputs = self.outputs_of(stage) if returncode == 0 else None
-        if outputs is None:
+        outputs, missing = self._outputs(stage) if returncode == 0 else ({}, [])
+        if returncode != 0 or missing:
             record["status"] = "failed"
             self.actions[stage.name] = "failed"
             record["last_action"] = "failed"
             self.state.save()
             tail = log_tail(log_path)
             if returncode == 0:
-                tail = "the command exited 0 but left no complete outputs (metrics.json)\n" + tail
+                tail = f"the command exited 0 but did not write {', '.join(missing)}\n" + tail
             raise StageFailed(stage.name, returncode, log_path, tail)
         record["status"] = "done"
         record["outputs"] = self._relative(outputs)

@@ -3,7 +3,7 @@ run stands, stage by stage, read from its state file without taking its lock, so
 the pipeline runs (its report.md is written when an invocation ends).
 
 A stage recorded as running whose process is gone (a session ended, the machine rebooted) is
-``interrupted``: a training stage then resumes from its ``last.ckpt`` on the next run, any other
+``interrupted``: a training stage then resumes from its checkpoint on the next run, any other
 stage is redone.
 """
 
@@ -49,8 +49,9 @@ def stage_status(state: PipelineState, name: str) -> dict[str, Any]:
     elif status == "running":
         row["time_s"] = _seconds_since(record.get("started_at"))  # this sitting
     if status == "interrupted":
-        resumable = command in RESUMABLE_COMMANDS and state.last_checkpoint(name).is_file()
-        row["next_run"] = "resumes from checkpoints/last.ckpt" if resumable else "starts over"
+        files = state.resume_files(name) if command in RESUMABLE_COMMANDS else []
+        newest = max(files, key=lambda p: p.stat().st_mtime, default=None)  # the resume reads their steps
+        row["next_run"] = f"resumes from checkpoints/{newest.name}" if newest else "starts over"
     elif status == "failed":
         row["next_run"] = "starts over (moved aside first)"
     return row

@@ -32,12 +32,14 @@ Which accuracy decides:
   C (MaskCLR + distilled, when run), by selection score, never by test:
 
   (a) every candidate scored on the same hold-out of n clips (not the test split): the best
-      score wins, but a candidate later in ``prior_order`` displaces an earlier one only when
-      ahead by more than ``margin = deploy_z * sqrt(2 p (1 - p) / n)`` (p the candidates' mean
+      score wins, but an earlier candidate in ``prior_order`` is displaced only when the best is
+      ahead of it by more than ``margin = deploy_z * sqrt(2 p (1 - p) / n)`` (p the candidates' mean
       score): ``sqrt(2 p (1 - p) / n)`` is the standard error of the difference of two
       independent accuracies near p on n clips (an upper bound on the same clips, where the
-      errors are positively correlated), so the margin asks for about ``deploy_z`` of them. That
-      is, the earliest candidate in ``prior_order`` within the margin of the best score is deployed;
+      errors are positively correlated), so the margin asks for about ``deploy_z`` of them.
+      Precisely: the earliest candidate in ``prior_order`` within the margin of the best score is
+      deployed, so an earlier one gives way only when it is more than the margin below the best
+      (with three candidates the one deployed may be ahead of the one it displaces by less);
   (b) otherwise (no hold-out, a hold-out that is the test split, different hold-outs or a
       missing score) the first candidate in ``prior_order`` is deployed. The default
       ``[B, C, A]`` follows the measured expected-gain tables (conf/tree/default.yaml says which
@@ -307,6 +309,38 @@ class Tree:
         self.outcome: dict[str, Any] = {"status": "running", "decisions": [], "stages": [],
                                         "students": {}, "reference": None, "failures": [],
                                         "warnings": []}
+        self._check_settings()
+
+    def _check_settings(self) -> None:
+        """What would otherwise stop the tree only after hours of training, refused before any."""
+        t = self.thresholds
+        prior = _list(t.get("prior_order", DEFAULT_PRIOR_ORDER))
+        if sorted(prior) != ["A", "B", "C"]:
+            raise ValueError(f"tree.thresholds.prior_order must order the paths A, B and C, each once "
+                             f"(e.g. [B, C, A]), got {prior}")
+        for key in ("deploy_z", "max_gap_to_reference"):
+            if t.get(key) is not None and not float(t[key]) >= 0:
+                raise ValueError(f"tree.thresholds.{key} must be 0 or more, got {t[key]}")
+        unknown = sorted(set(_list(self.p.export.get("baselines"))) - {"teacher", "reference"})
+        if unknown:
+            raise ValueError(f"tree.export.baselines: unknown stages {unknown} (teacher, reference)")
+
+    def training_stage_names(self) -> set[str]:
+        names = {"teacher", "reference"}
+        for s in self.p.students:
+            names |= {f"standalone_{s}", f"distill_{s}", f"pretrain_{s}", f"distill_{s}_maskclr"}
+        return names
+
+    def check_stage_names(self, force: list[str], adopt: Mapping[str, Any]) -> None:
+        """``tree.force`` and ``tree.adopt`` name stages of this tree (a typo would redo or retrain
+        nothing, silently)."""
+        training = self.training_stage_names()
+        exports = {f"export_{n}" for n in training if not n.startswith("pretrain_")}
+        for key, names, known in (("tree.force", force, training | exports), ("tree.adopt", adopt, training)):
+            unknown = sorted(set(names) - known)
+            if unknown:
+                raise ValueError(f"{key} names no stage of this tree: {unknown}; its stages: "
+                                 f"{', '.join(sorted(known))}")
 
     # -- overrides ----------------------------------------------------------------------------
     def common(self) -> list[str]:
@@ -457,9 +491,6 @@ class Tree:
         for baseline in _list(self.p.export.get("baselines")):
             if baseline == "reference" and not reference.get("stage"):
                 continue
-            if baseline not in ("teacher", "reference"):
-                raise ValueError(f"tree.export.baselines: unknown stage {baseline!r} "
-                                 f"(teacher, reference)")
             stage = self.export_stage(baseline, optional=True)
             try:
                 self.ensure(stage)

@@ -175,7 +175,7 @@ def test_a_stage_without_its_outputs_is_not_done_and_a_failed_command_is_recorde
     with pytest.raises(Exception, match="exit code 3"):
         stages.ensure(stage)
     assert state.stages["pre"]["status"] == "failed"
-    with pytest.raises(Exception, match="no complete outputs"):  # exit 0 but no encoder
+    with pytest.raises(Exception, match="did not write .*encoder.safetensors"):  # exit 0, no encoder
         stages.ensure(stage)
     assert state.stages["pre"]["status"] == "failed"
     assert len(list((tmp_path / "_aside").iterdir())) == 1  # the first attempt's folder, moved aside
@@ -199,16 +199,19 @@ def _finish_run(run_dir: Path) -> None:
         {"output_dir": str(run_dir), "checkpoint": str(run_dir / "checkpoints" / "last.ckpt")}))
 
 
-def test_an_interrupted_training_stage_resumes_from_last_ckpt_and_a_failed_one_starts_over(tmp_path):
+def test_an_interrupted_training_stage_resumes_from_its_furthest_checkpoint_and_a_failed_one_starts_over(tmp_path):
+    import torch
+
     state = PipelineState(tmp_path)
     calls = []
 
-    def interrupted(argv, log_path, cwd, on_start, **kwargs):  # the session ends after epoch k
+    def interrupted(argv, log_path, cwd, on_start, **kwargs):  # the session ends mid-epoch
         calls.append((argv, kwargs))
         on_start(_dead_pid())
         run_dir = Path(argv[-1].split("=", 1)[1])
         (run_dir / "checkpoints").mkdir(parents=True)
-        (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"epoch k")
+        torch.save({"global_step": 50}, run_dir / "checkpoints" / "last.ckpt")  # the last epoch's end
+        torch.save({"global_step": 80}, run_dir / "checkpoints" / "step.ckpt")  # every N steps: further on
         raise KeyboardInterrupt("signal 15")
 
     def finishes(argv, log_path, cwd, on_start, **kwargs):
@@ -223,10 +226,10 @@ def test_an_interrupted_training_stage_resumes_from_last_ckpt_and_a_failed_one_s
     stages = StageRunner(state, identity=lambda s: {"x": 1}, runner=finishes)
     record = stages.ensure(stage)
     argv, kwargs = calls[-1]
-    assert f"ckpt_path={tmp_path / 'teacher' / 'checkpoints' / 'last.ckpt'}" in argv and kwargs == {"append": True}
+    assert f"ckpt_path={tmp_path / 'teacher' / 'checkpoints' / 'step.ckpt'}" in argv and kwargs == {"append": True}
     assert argv[-1] == f"hydra.run.dir={tmp_path / 'teacher'}"
     assert record["status"] == "done" and record["reason"] == "resumed" and record["moved_aside"] is None
-    assert record["resumed_from"] == "teacher/checkpoints/last.ckpt" and record["runs"] == 2
+    assert record["resumed_from"] == "teacher/checkpoints/step.ckpt" and record["runs"] == 2
     assert stages.actions["teacher"] == "resumed" and not (tmp_path / "_aside").exists()
     # the resume's arguments are not the stage's identity: the record's hash is the first run's
     assert StageRunner(state, identity=lambda s: {"x": 1}, runner=finishes).ensure(stage)["last_action"] == "reused"
@@ -234,15 +237,20 @@ def test_an_interrupted_training_stage_resumes_from_last_ckpt_and_a_failed_one_s
     how = {"x": 1, "logger": {"csv": {"_target_": "Other"}}, "threads": 2, "teacher": {"compile": True}}
     assert StageRunner(state, identity=lambda s: how, runner=finishes).ensure(stage)["last_action"] == "reused"
 
-    # an interrupted run whose config changed meanwhile starts over, as does a failed one
-    for change, status in (({"x": 2}, "running"), ({"x": 1}, "failed")):
-        state.stages["teacher"].update(status=status, pid=_dead_pid())
+    # an interrupted run whose config changed meanwhile starts over, as do a failed one and one
+    # whose checkpoint is damaged
+    for change, status, damaged in (({"x": 2}, "running", False), ({"x": 1}, "failed", False),
+                                    ({"x": 1}, "running", True)):
+        state.stages["teacher"] = {**state.stages["teacher"], "status": status, "pid": _dead_pid(),
+                                   "hash": StageRunner(state, identity=lambda s: {"x": 1}).stage_hash(stage)[0]}
         (tmp_path / "teacher" / "metrics.json").unlink()
+        if damaged:
+            (tmp_path / "teacher" / "checkpoints" / "last.ckpt").write_bytes(b"cut short")
         stages = StageRunner(state, identity=lambda s, change=change: change, runner=finishes)
         record = stages.ensure(stage)
         assert not any(a.startswith("ckpt_path=") for a in calls[-1][0]) and calls[-1][1] == {}
         assert record["reason"] == "incomplete" and record["moved_aside"]
-    assert len(list((tmp_path / "_aside").iterdir())) == 2
+    assert len(list((tmp_path / "_aside").iterdir())) == 3
 
 
 def test_a_recorded_pid_now_held_by_another_process_does_not_block_the_stage(tmp_path):

@@ -255,7 +255,9 @@ def test_an_interrupted_stage_restarts_cleanly(finished, copy):
     assert report["models"][-1]["export"]["int8"]["test_top1"] == new["evaluation"]["models"]["int8"]["top1"]
 
 
-def test_an_interrupted_invocation_reports_where_it_stopped_and_status_shows_it(copy):
+def test_an_interrupted_invocation_reports_where_it_stopped_and_status_shows_it(finished, copy):
+    import torch
+
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
 
@@ -265,7 +267,7 @@ def test_an_interrupted_invocation_reports_where_it_stopped_and_status_shows_it(
         (stage_dir / "csv").mkdir(parents=True)
         (stage_dir / "csv" / "metrics.csv").write_text("epoch,step,train/loss\n0,3,0.9\n")
         (stage_dir / "checkpoints").mkdir()
-        (stage_dir / "checkpoints" / "last.ckpt").write_bytes(b"after epoch 1")
+        torch.save({"global_step": 3}, stage_dir / "checkpoints" / "last.ckpt")
         raise KeyboardInterrupt("signal 15")
 
     with pytest.raises(KeyboardInterrupt):
@@ -286,6 +288,49 @@ def test_an_interrupted_invocation_reports_where_it_stopped_and_status_shows_it(
     missing = subprocess.run([sys.executable, "-m", "last_lite.pipeline.status", str(copy / "nothing")],
                              cwd=REPO, capture_output=True, text=True)
     assert missing.returncode != 0 and "no pipeline run in" in missing.stderr
+
+    # the same command again continues the redo: the forced stage resumes, it is not forced over
+    calls = []
+
+    def finishes(argv, log_path, cwd, on_start, **kwargs):
+        stage_dir = Path(argv[-1].split("=", 1)[1])
+        calls.append(argv)
+        shutil.copytree(finished["dir"] / stage_dir.name, stage_dir, dirs_exist_ok=True)
+        return 0
+
+    report = pipeline(copy, published(0.0), f"tree.force=[{B}]", runner=finishes)
+    assert report["status"] == "complete" and report["invocation"]["actions"][B] == "resumed"
+    assert any(a.startswith("ckpt_path=") and a.endswith("last.ckpt") for a in calls[0])
+    # once the tree has completed, the same tree.force redoes the stage again
+    report = pipeline(copy, published(0.0), f"tree.force=[{B}]", runner=finishes)
+    assert report["invocation"]["actions"][B] == "forced"
+
+
+def test_an_error_stopping_the_tree_is_in_its_report_and_the_zoo_will_not_ship_it(copy):
+    from last_lite.zoo import pipeline_models
+
+    def broken(argv, log_path, cwd, on_start, **kwargs):
+        raise OSError("No space left on device")
+
+    assert json.loads((copy / "report.json").read_text())["status"] == "complete"
+    with pytest.raises(OSError, match="No space left"):
+        pipeline(copy, published(0.0), f"tree.force=[{B}]", runner=broken)
+    report = json.loads((copy / "report.json").read_text())
+    assert report["status"] == "error" and "OSError: No space left on device" in report["failures"][0]
+    with pytest.raises(ValueError, match="'error', not complete"):
+        pipeline_models(copy)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("tree.force=[techer]", r"tree.force names no stage of this tree: \['techer'\]"),
+    ("++tree.adopt.standalone_last_lite_nan=/x", "tree.adopt names no stage"),
+    ("tree.thresholds.prior_order=[B,A]", "must order the paths A, B and C"),
+    ("tree.thresholds.deploy_z=-1", "deploy_z must be 0 or more"),
+    ("tree.export.baselines=[teacher,refrence]", r"unknown stages \['refrence'\]"),
+])
+def test_settings_that_would_fail_hours_in_are_refused_before_any_stage(tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        pipeline(tmp_path / "run", override, runner=forbid)
 
 
 def test_the_command_ends_an_interrupted_run_with_status_130_not_a_traceback(monkeypatch):
