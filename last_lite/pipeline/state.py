@@ -505,6 +505,8 @@ class StageRunner:
         (the state says ``failed``). ``run_args``: extra arguments of how it runs (``threads=``).
         Safe to call from several threads (:meth:`ensure_all`)."""
         with self._lock:
+            if self._interrupted:  # ensure_all's other stages: none starts once an interrupt ends them
+                raise KeyboardInterrupt("interrupted before this stage started")
             digest, ident = self.stage_hash(stage)
             record = self.state.stages.get(stage.name) or {}
             outputs = self.outputs_of(stage)
@@ -564,6 +566,9 @@ class StageRunner:
 
         def on_start(pid: int) -> None:
             with self._lock:
+                if self._interrupted:  # started as terminate_running took its list: end it too
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGTERM)
                 record["pid"] = pid
                 record["pid_start_id"] = process_start_id(pid)  # a later process with this pid is not it
                 self.state.save()

@@ -349,6 +349,28 @@ def test_ensure_all_runs_independent_stages_side_by_side(tmp_path):
     assert sorted(started) == sorted(names) and state.stages["bad"]["last_action"] == "reused"
 
 
+def test_after_an_interrupt_no_stage_starts_and_one_launched_meanwhile_is_ended(tmp_path):
+    """ensure_all's workers race the interrupt: one about to launch must not start, one whose
+    process started while terminate_running took its list is ended too."""
+    state = PipelineState(tmp_path)
+    children = []
+
+    def launches_late(argv, log_path, cwd, on_start, **kwargs):
+        stages.terminate_running()  # the interrupt lands between the record and the launch
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        children.append(child)
+        on_start(child.pid)
+        return child.wait(timeout=30)
+
+    stages = StageRunner(state, identity=lambda s: {"name": s.name}, runner=launches_late)
+    stages.ensure(Stage("a", "train", ["model=m"], required_outputs=training_outputs))
+    assert children[0].returncode == -15  # SIGTERM'd, not left to train for hours
+    assert state.stages["a"]["status"] == "running"  # so the next invocation resumes it
+    with pytest.raises(KeyboardInterrupt):
+        stages.ensure(Stage("b", "train", ["model=m"], required_outputs=training_outputs))
+    assert len(children) == 1 and "b" not in state.stages
+
+
 def test_a_running_training_stage_logs_its_epoch(tmp_path, caplog):
     def runner(argv, log_path, cwd, on_start):
         run_dir = Path(argv[-1].split("=", 1)[1])
