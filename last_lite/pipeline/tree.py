@@ -40,8 +40,9 @@ Which accuracy decides:
       Precisely: the earliest candidate in ``prior_order`` within the margin of the best score is
       deployed, so an earlier one gives way only when it is more than the margin below the best
       (with three candidates the one deployed may be ahead of the one it displaces by less);
-  (b) otherwise (no hold-out, a hold-out that is the test split, different hold-outs or a
-      missing score) the first candidate in ``prior_order`` is deployed. The default
+  (b) otherwise (no hold-out, a hold-out that is the test split, different hold-outs -- other
+      sizes, or other samples by ``selection.val_samples``, a hash of their names -- or a missing
+      score) the first candidate in ``prior_order`` is deployed. The default
       ``[B, C, A]`` follows the measured expected-gain tables (conf/tree/default.yaml says which
       numbers), not the design note's expectation (standalone < +KD < +MaskCLR+KD), since with
       a recipe without a hold-out it is what decides.
@@ -227,12 +228,14 @@ def deploy_decision(student: str, candidates: Mapping[str, Mapping[str, Any]],
     for path in order:
         score, key, val_size = selection_score(candidates[path])
         scores[path] = {"score": score, "metric": key, "val_size": val_size,
+                        "val_samples": (candidates[path].get("selection") or {}).get("val_samples"),
                         "val_is_test": bool(candidates[path].get("val_is_test", False))}
     values: dict[str, Any] = {"candidates": scores, "prior_order": prior, "deploy_z": z, "val_size": None,
                               "mean_score": None, "margin": None}
     question = f"Which path of {student} is deployed?"
     listed = ", ".join(f"{p} {pct(c['score'])}" for p, c in scores.items())
     sizes = {c["val_size"] for c in scores.values()}
+    hold_outs = {c["val_samples"] for c in scores.values()}  # None: a record from before the hash
     unsplit = [p for p, c in scores.items() if not c["val_size"]]  # 0, or not recorded
     missing = [p for p, c in scores.items() if c["score"] is None]
     if unsplit:
@@ -244,6 +247,8 @@ def deploy_decision(student: str, candidates: Mapping[str, Mapping[str, Any]],
     elif len(sizes) > 1:
         split_sizes = ", ".join(f"{p} {c['val_size']}" for p, c in scores.items())
         no_hold_out = f"different validation splits ({split_sizes} clips)"
+    elif None not in hold_outs and len(hold_outs) > 1:
+        no_hold_out = f"different validation splits of {next(iter(sizes))} clips (other samples)"
     else:
         no_hold_out = None
     if no_hold_out is not None:
@@ -466,11 +471,13 @@ class Tree:
         candidates: dict[str, dict[str, Mapping[str, Any]]] = {}
         for student in students:
             infos[student]["paths"].update(A=a[student].name, B=b[student].name)
-            distilled = self.state.metrics(b[student].name)
+            standalone, distilled = self.state.metrics(a[student].name), self.state.metrics(b[student].name)
+            # C can be deployed past A or B only where the hold-out ranks them all
+            hold_out = usable_hold_out(standalone) and usable_hold_out(distilled)
             decision = self.decide(path_c_decision(student, distilled.get("top1"), reference, self.thresholds,
-                                                   hold_out=usable_hold_out(distilled)))
+                                                   hold_out=hold_out))
             infos[student]["path_c"] = decision.outcome
-            candidates[student] = {"A": self.state.metrics(a[student].name), "B": distilled}
+            candidates[student] = {"A": standalone, "B": distilled}
         path_c = [s for s in students if infos[s]["path_c"] == "run_c"]
         pretrain = {s: self.pretrain_stage(s) for s in path_c}
         self.ensure_all(list(pretrain.values()))

@@ -32,7 +32,7 @@ from last_lite.training.checkpoints import AtomicCheckpointIO, init_from, newest
 from last_lite.training.confusion import save_confusion_matrix
 from last_lite.training.precision import checkpoint_precisions, resolve_trainer_precision
 from last_lite.training.records import metrics_record, write_metrics
-from last_lite.training.selection import EMAWeights, selection_rule
+from last_lite.training.selection import EMAWeights, hold_out_fingerprint, selection_rule
 
 log = logging.getLogger(__name__)
 quiet()
@@ -248,7 +248,7 @@ def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str, model_
     best = chosen_checkpoint(trainer, rule)
     ema = next((c for c in trainer.callbacks if isinstance(c, EMAWeights)), None)
     selection = {"rule": rule, "requested": cfg.get("selection", "auto"), "val_size": val_size,
-                 "weights": "ema" if ema is not None else "raw"}
+                 "val_samples": hold_out_fingerprint(datamodule), "weights": "ema" if ema is not None else "raw"}
     if ema is not None:
         selection.update(ema_horizon_epochs=ema.horizon_epochs, ema_decay=ema.decay)
     record_extra: dict[str, Any] = {"checkpoint": best, "output_dir": str(output_dir),

@@ -16,6 +16,7 @@ or two between epochs begin to be distinguishable; NTU's 10% hold-outs (4,000+ c
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Callable
 
 import torch
@@ -33,6 +34,16 @@ def selection_rule(rule: str, val_size: int) -> str:
     if rule != "auto":
         return rule
     return "best_val" if val_size >= MIN_VAL_TO_RANK else "last"
+
+
+def hold_out_fingerprint(datamodule) -> str | None:
+    """A hash of the validation samples' names (None without them): runs rank on the same hold-out
+    only when it is equal, however many clips each holds (a data seed moves a stratified one)."""
+    indices, store = getattr(datamodule, "val_indices", None), getattr(datamodule, "store", None)
+    if indices is None or not len(indices) or store is None:
+        return None
+    names = sorted(store.names[i] for i in indices)
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
 
 
 def ema_update(decay: float) -> Callable[[list, list, Any], None]:

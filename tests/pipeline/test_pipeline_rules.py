@@ -91,13 +91,24 @@ def deploy(candidates, **thresholds):
     return deploy_decision("x", candidates, {**T, **thresholds})
 
 
+def test_hold_outs_of_one_size_but_other_samples_do_not_rank_the_paths():
+    same, other = {"val_samples": "aaaa"}, {"val_samples": "bbbb"}
+    a, b = scored(0.95), scored(0.80)
+    a["selection"].update(same)
+    b["selection"].update(other)
+    d = deploy({"A": a, "B": b})
+    assert d.outcome == "B" and d.values["branch"] == "prior_order" and "other samples" in d.reason
+    b["selection"].update(same)
+    assert deploy({"A": a, "B": b}).outcome == "A"  # the same hold-out: A is far ahead
+
+
 def test_deploy_a_standalone_student_clearly_ahead_on_a_large_hold_out():
     """The case the tree once got wrong: distilled 83.84%, standalone 88.36%."""
     d = deploy({"A": scored(0.8836), "B": scored(0.8384, top1=0.99)})
     assert d.outcome == "A" and d.values["branch"] == "hold_out"
     assert d.values["margin"] == pytest.approx(deploy_margin((0.8836 + 0.8384) / 2, 2000, 2.0), abs=1e-6)
     assert d.values["candidates"]["B"] == {"score": 0.8384, "metric": "selected_val_top1", "val_size": 2000,
-                                           "val_is_test": False}
+                                           "val_samples": None, "val_is_test": False}
     assert "ahead of B by more than the margin" in d.reason
     # best_val runs are scored by best_val_top1
     assert deploy({"A": scored(0.8836, rule="best_val"), "B": scored(0.8384, rule="best_val")}).outcome == "A"

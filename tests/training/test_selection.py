@@ -62,12 +62,14 @@ def test_the_selected_score_is_that_of_the_chosen_checkpoint_or_null_without_a_h
     assert load_checkpoint(record["checkpoint"])["epoch"] == 1
     val_top1 = read_curves(tmp_path / "early" / "csv" / "metrics.csv")["val/top1"]
     assert record["selected_val_top1"] == pytest.approx(val_top1[1], abs=1e-6)
+    assert len(record["selection"]["val_samples"]) == 16  # which clips: the pipeline compares runs by it
 
     ran = run_command("train", ["model=last_lite_nano", "trainer.max_epochs=1", "test_after_fit=false",
                                 "data.val_fraction=0", "callbacks.model_checkpoint.monitor=null", *TINY_DATA],
                       tmp_path / "none")
     record = read_metrics(tmp_path / "none")
     assert record["selection"]["val_size"] == 0 and record["selected_val_top1"] is None
+    assert record["selection"]["val_samples"] is None
     assert "across ranks is zero" not in ran.stderr  # no empty validation loop set up
 
 
