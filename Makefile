@@ -7,10 +7,12 @@ DEMO_DIR ?= outputs/demo
 DEMO_VENV ?= .venv-demo
 CKPT    ?=
 BACKEND ?= onnx_int8
-DATA    ?= synthetic
+# The data: an experiment's own (EXPERIMENT=nw_ucla_full is NW-UCLA), else DATA's, else the
+# synthetic set. DATA is passed only when given: a data= on the command line beats a preset's.
+DATA    ?=
 # the pipeline's recipe: conf/experiment/<name>, by default the one named like DATA (if any)
-EXPERIMENT ?= $(if $(wildcard conf/experiment/$(DATA).yaml),$(DATA))
-RUN     ?= outputs/pipeline/$(or $(EXPERIMENT),$(DATA))
+EXPERIMENT ?= $(if $(DATA),$(if $(wildcard conf/experiment/$(DATA).yaml),$(DATA)))
+RUN     ?= outputs/pipeline/$(or $(EXPERIMENT),$(DATA),synthetic)
 
 .PHONY: install demo-env lint test demo export pipeline pipeline-status gains clean
 
@@ -61,13 +63,13 @@ export: install
 #   make pipeline DATA=nw_ucla [EXPERIMENT=nw_ucla_full] [RUN=outputs/pipeline/<experiment>]
 #                 [ARGS='tree.jobs=2 tree.force=[teacher]']
 pipeline: install
-	$(PY) -m last_lite.pipeline data=$(DATA) $(if $(EXPERIMENT),experiment=$(EXPERIMENT)) hydra.run.dir=$(RUN) $(ARGS)
+	$(PY) -m last_lite.pipeline $(if $(DATA),data=$(DATA)) $(if $(EXPERIMENT),experiment=$(EXPERIMENT)) hydra.run.dir=$(RUN) $(ARGS)
 
 # The expected-gain tables (each network's paths A, B, C, FT over seeds), resumable: rerun to continue.
 #   make gains DATA=nw_ucla EXPERIMENT=nw_ucla_full [GAINS_RUN=outputs/gains/<experiment>] [ARGS='jobs=2 teacher.ckpt=...']
-GAINS_RUN ?= outputs/gains/$(or $(EXPERIMENT),$(DATA))
+GAINS_RUN ?= outputs/gains/$(or $(EXPERIMENT),$(DATA),synthetic)
 gains: install
-	$(PY) -m last_lite.pipeline.gains data=$(DATA) $(if $(EXPERIMENT),experiment=$(EXPERIMENT)) hydra.run.dir=$(GAINS_RUN) $(ARGS)
+	$(PY) -m last_lite.pipeline.gains $(if $(DATA),data=$(DATA)) $(if $(EXPERIMENT),experiment=$(EXPERIMENT)) hydra.run.dir=$(GAINS_RUN) $(ARGS)
 
 # Where that run stands, stage by stage (also while it runs): make pipeline-status [RUN=...]
 pipeline-status: install

@@ -22,6 +22,7 @@ import difflib
 import logging
 import math
 import os
+import re
 from typing import Any, Callable, Iterable, Mapping
 
 __all__ = ["ConfigError", "DATA_TARGETS", "RENAMED_CHOICES", "RENAMED_GROUPS", "check_targets",
@@ -71,6 +72,12 @@ DATA_TARGETS = frozenset({
 })
 
 _HYDRA_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
+# Hydra keys a config read from a file may not hold: positional arguments pass a source's options
+# (a pickle's ``trusted``) past every check by name, ``_partial_`` builds a callable
+_REFUSED_FROM_FILES = ("_args_", "_partial_")
+# ``${name:...}``: a resolver runs when the config is resolved, after these checks
+# (``${oc.create:...}`` could build an unchecked ``_target_``); ``${a.b}`` references stay allowed
+_RESOLVER = re.compile(r"\$\{\s*[\w.\-]+\s*:")
 
 
 def _targets(node: Any, where: str) -> Iterable[tuple[str, Any]]:
@@ -86,10 +93,33 @@ def _targets(node: Any, where: str) -> Iterable[tuple[str, Any]]:
             yield from _targets(value, f"{where}[{i}]")
 
 
+def _hidden_code(node: Any, where: str) -> Iterable[tuple[str, str]]:
+    """(path, what) of what could build or run something the ``_target_`` check never sees."""
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            path = f"{where}.{key}" if where else str(key)
+            if key in _REFUSED_FROM_FILES:
+                yield path, f"Hydra's {key}"
+            elif isinstance(key, str) and _RESOLVER.search(key):
+                yield path, "a resolver interpolation in a key"
+            else:
+                yield from _hidden_code(value, path)
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            yield from _hidden_code(value, f"{where}[{i}]")
+    elif isinstance(node, str) and _RESOLVER.search(node):
+        yield where, f"a resolver interpolation ({node[:80]!r})"
+
+
 def check_targets(node: Any, allowed: Callable[[str], bool] | Iterable[str], source: str,
                   where: str = "") -> None:
     """Refuse (``ConfigError``) any ``_target_`` anywhere in ``node`` (a plain container) that
-    ``allowed`` does not accept; ``source`` names the file for the message."""
+    ``allowed`` does not accept, and anything that would build or run code past that check
+    (``_args_``, ``_partial_``, a ``${resolver:...}`` interpolation); ``source`` names the file for
+    the message."""
+    for path, what in _hidden_code(node, where):
+        raise ConfigError(f"{source}: {path} holds {what}; a config read from a file is data, not code, "
+                          f"so it may only name the project's classes by _target_ and their options by key")
     accept = allowed if callable(allowed) else frozenset(allowed).__contains__
     for path, target in _targets(node, where):
         if not isinstance(target, str) or not accept(target):

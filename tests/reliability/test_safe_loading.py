@@ -131,6 +131,42 @@ def test_a_config_file_cannot_mark_a_pyskl_pickle_as_trusted(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("source", [
+    # positional arguments: PYSKLSource(path, trusted) with no key named `trusted` to distrust
+    {"_target_": "last_lite.data.sources.pyskl.PYSKLSource", "_args_": ["PICKLE", True]},
+    # a resolver builds the node only when the config is resolved, after any check of its keys
+    "${oc.create:'{_target_: last_lite.data.sources.pyskl.PYSKLSource, path: PICKLE, trusted: true}'}",
+    {"_target_": "last_lite.data.sources.pyskl.PYSKLSource", "path": "PICKLE", "_partial_": True},
+])
+def test_a_saved_data_config_cannot_hide_code_from_the_checks(tmp_path, source):
+    from omegaconf.errors import OmegaConfBaseException
+
+    from last_lite.config_checks import ConfigError
+    from last_lite.evaluate import resolve_data
+
+    marker, path = tmp_path / "code-ran", tmp_path / "ntu60_3danno.pkl"
+    with open(path, "wb") as fh:
+        pickle.dump({"split": {}, "annotations": [], "planted": Planted(marker)}, fh)
+    source = OmegaConf.to_container(OmegaConf.create({"s": source}))["s"]  # a copy
+    if isinstance(source, dict):
+        source = {k: ([str(path) if a == "PICKLE" else a for a in v] if k == "_args_" else
+                      str(path) if v == "PICKLE" else v) for k, v in source.items()}
+    else:
+        source = source.replace("PICKLE", str(path))
+    data = {"_target_": "last_lite.data.datamodule.SkeletonDataModule", "split": "xsub", "source": source}
+    run = OmegaConf.create({"ckpt": str(tmp_path / "x.ckpt"), "data": {}})
+    with pytest.raises(ConfigError, match="data.source.* holds .*data, not code"):
+        resolve_data(run, {"data_spec": {"data_config": data}})
+    try:  # export resolves first, then checks what the resolution built
+        from last_lite.export.common import build_datamodule, data_config
+
+        (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml({"data": data}))
+        build_datamodule(data_config(OmegaConf.create({"data_config": None, "data_overrides": {}}), tmp_path))
+    except (ConfigError, UntrustedPickleError, OmegaConfBaseException):
+        pass
+    assert not marker.exists()
+
+
 def _calls(text: str, pattern: str) -> list[str]:
     """The full text of every call whose start matches ``pattern`` (ending in "("), parentheses matched."""
     out = []
