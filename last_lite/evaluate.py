@@ -71,6 +71,15 @@ def command_line_data() -> tuple[bool, list[str]]:
     return chosen, keys
 
 
+def data_key_overrides(argv: list[str]) -> list[str]:
+    """``data.<key>=v`` given as ``++data.<key>=v`` unless ``data=<name>`` is: the key belongs to the
+    checkpoint's data config (read after composition), which the default ``data`` group may lack
+    (``data.source.root=`` of a custom folder moved elsewhere)."""
+    if any(a.split("=", 1)[0] == "data" for a in argv):
+        return list(argv)
+    return [f"++{a}" if a.startswith("data.") and "=" in a else a for a in argv]
+
+
 def trained_data_config(ckpt: str, hparams: dict) -> tuple[dict | None, str]:
     """The ``data`` config the checkpoint was trained with, and where it was found."""
     spec = hparams.get("data_spec") or {}
@@ -219,6 +228,9 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    import sys
+
     from last_lite.config_checks import run_cli
 
+    sys.argv[1:] = data_key_overrides(sys.argv[1:])
     run_cli(main, "evaluate")

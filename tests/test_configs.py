@@ -284,3 +284,19 @@ def test_tree_presets_compose(preset, tmp_path):
     cfg = compose_cfg("pipeline", [f"tree={preset}", "data=nw_ucla"], tmp_path)
     assert cfg.tree.teacher.model in list_models()
     assert all(student in list_models() for student in cfg.tree.students)
+
+
+def test_evaluate_data_key_overrides_compose_against_the_checkpoints_data_not_the_default():
+    """`evaluate ckpt=... data.source.root=<moved folder>`: the default data (synthetic) has no
+    `root`, the checkpoint's custom source has; the command passes such keys with `++`."""
+    from hydra.errors import ConfigCompositionException
+
+    from last_lite.evaluate import data_key_overrides
+
+    given = ["ckpt=x.ckpt", "data.source.root=/moved/my_clips", "data.source.trusted=true"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        with pytest.raises(ConfigCompositionException):
+            compose("evaluate", overrides=given)
+        cfg = compose("evaluate", overrides=data_key_overrides(given))
+    assert cfg.data.source.root == "/moved/my_clips" and cfg.data.source.trusted is True
+    assert data_key_overrides(["data=nw_ucla", "data.batch_size=8"]) == ["data=nw_ucla", "data.batch_size=8"]
