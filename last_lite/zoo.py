@@ -110,16 +110,24 @@ def add_to_zoo(name: str, checkpoint: str | Path, metrics_file: str | Path, zoo_
     from last_lite.io import atomic_write, atomic_write_json
     from last_lite.training.checkpoints import load_checkpoint
 
+    # everything read and checked before the weights file is touched: a failed add leaves the
+    # entry it would replace whole (its file and its recorded hash still agree)
     ckpt = load_checkpoint(checkpoint)
+    hparams = ckpt.get("hyper_parameters") or {}
+    if "model_spec" not in hparams:
+        raise ValueError(f"{checkpoint} records no model_spec: not a checkpoint of last_lite's train or distill")
+    metrics = json.loads(Path(metrics_file).read_text())
+    if metrics.get("command") == "pretrain":
+        raise ValueError(f"{checkpoint} is a pretraining checkpoint, whose classifier was never trained: "
+                         f"fine-tune it (train init_from=<encoder>) or distil it first, then add that run")
+    index = zoo_index(zoo_dir) if (zoo_dir / "index.json").is_file() else {}
     weights = {k[len("model."):]: v.contiguous() for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     path = zoo_dir / f"{name}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: save_file(weights, str(tmp)))
-    metrics = json.loads(Path(metrics_file).read_text())
-    index = zoo_index(zoo_dir) if (zoo_dir / "index.json").is_file() else {}
     index[name] = {"file": path.name if path.parent == zoo_dir else str(path.relative_to(zoo_dir)),
-                   "sha256": sha256(path), "model_spec": ckpt["hyper_parameters"]["model_spec"],
-                   "data_spec": ckpt["hyper_parameters"].get("data_spec"),
+                   "sha256": sha256(path), "model_spec": hparams["model_spec"],
+                   "data_spec": hparams.get("data_spec"),
                    "metrics": {k: metrics.get(k) for k in ("command", "dataset", "top1", "top5", "best_val_top1",
                                                           "epochs", "seed", "params", "git_commit")}}
     if source:

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,6 +31,35 @@ def test_a_tampered_zoo_file_is_refused(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="SHA-256"):
         load_zoo_model(name, zoo)
+
+
+def test_a_failed_add_leaves_the_entry_it_would_replace_whole(tmp_path):
+    from last_lite.models import create_model
+    from last_lite.zoo import add_to_zoo
+
+    spec = {"name": "last_lite_nano", "num_classes": 4, "layout": "ntu25"}
+
+    def checkpoint(seed: int) -> Path:
+        torch.manual_seed(seed)
+        model = create_model(**spec)
+        path = tmp_path / f"run{seed}.ckpt"
+        torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                    "hyper_parameters": {"model_spec": spec}}, path)
+        return path
+
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"command": "train", "top1": 0.5}))
+    zoo = tmp_path / "zoo"
+    add_to_zoo("m", checkpoint(0), metrics, zoo)
+    before = load_zoo_model("m", zoo)[0].state_dict()
+    with pytest.raises(FileNotFoundError):
+        add_to_zoo("m", checkpoint(1), tmp_path / "missing" / "metrics.json", zoo)
+    pretrained = tmp_path / "pretrain.json"
+    pretrained.write_text(json.dumps({"command": "pretrain"}))
+    with pytest.raises(ValueError, match="classifier was never trained"):
+        add_to_zoo("m", checkpoint(1), pretrained, zoo)
+    after = load_zoo_model("m", zoo)[0].state_dict()  # verified: its file and hash still agree
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def _with_onnx(tmp_path):
