@@ -9,8 +9,9 @@ store). ``--model`` predicts on the clip with the edge runtime (the layout adapt
 to the model's) and writes the predicted label and score beside the true one.
 
 numpy + Pillow only (GIF); MP4 needs OpenCV (the demo environment has it). 3D clips are drawn
-from the front (x right, y up; Kinect's camera space), 2D clips (coco17, openpose18, or 2 / 2+score
-channels) in image coordinates (y down). Also used by ``evaluate wrong_clips=N``.
+from the front (x right, y up; Kinect's camera space), 2D clips (coco17, openpose18, 2 channels, or
+``--image-coords`` for x, y and a score on another layout) in image coordinates (y down). Also used
+by ``evaluate wrong_clips=N``, which knows a clip's coordinates from its store.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def clip_frames(keypoints: np.ndarray, layout: Any, size: int = 256, title: str 
     if x.shape[2] != lay.num_joints:
         raise ValueError(f"keypoints have {x.shape[2]} joints, layout {lay.name} has {lay.num_joints}")
     if image_coords is None:
-        image_coords = lay.name in _2D_LAYOUTS or x.shape[3] < 3 or (x.shape[3] == 3 and lay.name in _2D_LAYOUTS)
+        image_coords = lay.name in _2D_LAYOUTS or x.shape[3] < 3
     step = max(1, int(np.ceil(x.shape[1] / max_frames)))
     x = x[:, ::step]
     xy = x[..., :2].copy()
@@ -202,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="predict with this exported model (.onnx or zoo:<name>) and write the label")
     p.add_argument("--fps", type=float, default=15.0)
     p.add_argument("--size", type=int, default=256, help="width in pixels")
+    p.add_argument("--image-coords", action="store_true", default=None,
+                   help="2D keypoints in image coordinates, y down (default for coco17, openpose18 and "
+                        "2-channel clips; give it for x, y, score clips of other layouts)")
     args = p.parse_args(argv)
     try:
         x, layout, true = load_clip(args.input, args.layout)
@@ -214,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             pred = rec.predict_clip(x)
             predicted = f"{pred.label} {pred.score:.2f}"
         out = render_clip(x, layout, args.out, true_label=args.true_label or true, predicted=predicted,
-                          title=Path(args.input).name, fps=args.fps, size=args.size)
+                          title=Path(args.input).name, fps=args.fps, size=args.size,
+                          image_coords=args.image_coords)
     except (ValueError, OSError, KeyError) as exc:
         print(f"last_lite.render: error: {exc}", file=sys.stderr)
         return 2

@@ -37,3 +37,30 @@ def test_render_an_nw_ucla_clip_as_released(tmp_path):
     np.testing.assert_allclose(x, skeletons[None])
     assert main(["--input", str(clip), "--out", str(tmp_path / "u.gif")]) == 0
     assert Image.open(tmp_path / "u.gif").n_frames == 7
+
+
+
+def test_x_y_score_clips_of_other_layouts_are_drawn_y_down_when_told(tmp_path):
+    """A tracker's x, y (pixels, y down) and score on a layout not known as 2D (mediapipe33): the
+    nose (small y) is drawn at the top with --image-coords, at the bottom without."""
+    from last_lite.render import clip_frames
+
+    clip = np.zeros((1, 1, 33, 3), np.float32)
+    clip[0, 0, 0] = [120, 10, 0.9]   # the nose, alone at the top of the image
+    clip[0, 0, 31] = [100, 300, 0.9]  # two feet at the bottom, apart
+    clip[0, 0, 32] = [140, 300, 0.9]
+
+    def widths(frame, header=18):  # the spread of the joints drawn in the top and in the bottom rows
+        rows, cols = np.nonzero((np.asarray(frame)[header:] <= 60).all(axis=-1))  # joints: dark dots
+        top, bottom = cols[rows <= rows.min() + 4], cols[rows >= rows.max() - 4]
+        return np.ptp(top), np.ptp(bottom)
+
+    top, bottom = widths(clip_frames(clip, "mediapipe33", image_coords=True)[0])
+    assert top < 10 < bottom
+    top, bottom = widths(clip_frames(clip, "mediapipe33")[0])  # a 3-channel mediapipe33 clip reads as 3D: y up
+    assert bottom < 10 < top
+    np.save(tmp_path / "pose.npy", clip)
+    assert main(["--input", str(tmp_path / "pose.npy"), "--layout", "mediapipe33", "--image-coords",
+                 "--out", str(tmp_path / "pose.gif")]) == 0
+    top, bottom = widths(Image.open(tmp_path / "pose.gif").convert("RGB"), header=34)  # with the file's name
+    assert top < 10 < bottom
