@@ -265,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     if "--make-test-video" in raw:  # no --video/--camera needed
         i = raw.index("--make-test-video")
+        if i + 1 == len(raw) or raw[i + 1].startswith("-"):
+            print("last_lite.demo: error: --make-test-video needs the file to write, e.g. "
+                  "--make-test-video astronaut.mp4", file=sys.stderr)
+            return 2
         try:
             print(make_test_video(raw[i + 1]))
         except DemoDependencyError as exc:

@@ -61,8 +61,15 @@ def zoo_entry_for_file(path: str | Path, zoo_dir: Path = ZOO_DIR) -> tuple[str, 
     for d in dirs:
         if not (d / "index.json").is_file():
             continue
-        for name, entry in zoo_index(d).items():
-            if (d / entry["file"]).resolve() == path:
+        try:
+            index = zoo_index(d)
+        except (ValueError, UnicodeDecodeError):  # some other program's index.json
+            continue
+        if not isinstance(index, dict):
+            continue
+        for name, entry in index.items():
+            if isinstance(entry, dict) and isinstance(entry.get("file"), str) \
+                    and (d / entry["file"]).resolve() == path:
                 return name, entry
     return None
 

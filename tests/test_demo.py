@@ -67,3 +67,10 @@ def test_demo_without_the_extra_says_how_to_install(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "last_lite.demo", "--video", str(tmp_path / "x.mp4")],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "mediapipe==0.10.21" in proc.stderr and "pip install" in proc.stderr
+
+
+def test_make_test_video_without_its_file_says_so(capsys):
+    from last_lite.demo import main
+
+    assert main(["--make-test-video"]) == 2
+    assert "needs the file to write" in capsys.readouterr().err

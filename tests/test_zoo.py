@@ -62,6 +62,19 @@ def test_a_failed_add_leaves_the_entry_it_would_replace_whole(tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_a_weights_file_under_another_programs_index_json_is_still_found(tmp_path):
+    from last_lite.zoo import zoo_entry_for_file
+
+    name = sorted(zoo_index(ZOO_DIR))[0]
+    path = ZOO_DIR / zoo_index(ZOO_DIR)[name]["file"]
+    other = tmp_path / "elsewhere" / "x.safetensors"
+    other.parent.mkdir()
+    (tmp_path / "index.json").write_text("[1, 2, 3]")  # a JSON list, not a zoo index
+    (other.parent / "index.json").write_text("{not json")
+    assert zoo_entry_for_file(other) is None
+    assert zoo_entry_for_file(path)[0] == name
+
+
 def _with_onnx(tmp_path):
     """A copy of the zoo whose first entry ships only a (tiny, hand-built) INT8 ONNX file."""
     import onnx
