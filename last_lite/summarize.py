@@ -6,9 +6,12 @@ that some jobs override and others do not takes, where a job lacks it, the value
 (its config-group choice or its ``.hydra/config.yaml`` entry), so a folder gathering single runs
 (links to them) makes one table too. A run kept as a record (its ``config.yaml`` and ``metrics.json``,
 no ``.hydra/``, as docs/ keeps them) joins with the values of its ``config.yaml``; its config-group
-choices are unknown (``?``; a column in which only they differ is not shown). The markdown table
-lists the columns that differ between jobs and names the shared values once below it; the CSV keeps
-every column. Overrides are shown in today's spelling of renamed groups (a job run as
+choices are unknown (``?``; a column in which only they differ is not shown, and in a cell they are the
+one choice the other jobs show). Having no overrides, records of one command and network that differ
+in a config key (where and how each ran, its seed and paths inside its own folder aside) get that key
+as a column, so records of two configs are not one cell. The markdown table lists the columns that
+differ between jobs and names the shared values once below it; the CSV keeps every column. Overrides
+(and a record's keys) are shown in today's spelling of renamed groups (a job run as
 ``distill.alpha=0.3`` is a ``kd.alpha`` row, see ``last_lite.config_checks.RENAMED_GROUPS``), so runs
 from before a rename share the columns of new ones. A job whose files cannot be read (a damaged
 ``metrics.json`` or ``.hydra`` file) stays in the table with the reason as its status, is named on
@@ -19,7 +22,9 @@ values but the seed) and writes ``paired.md``: each cell's n, mean and standard 
 top-1, and its paired difference from the reference cell of the same network (the one trained: a
 distillation's student) over the seeds both ran (mean, sd and the paired t statistic
 ``mean / (sd / sqrt(n))``), e.g. for a folder of links to standalone and distilled runs of both
-students: ``python -m last_lite.summarize cells/ --paired --reference command=train``.
+students: ``python -m last_lite.summarize cells/ --paired --reference command=train``. A value is
+compared in one spelling however given: ``4`` and ``4.0``, ``False`` and ``false``, ``null`` and a
+config's null (``--reference init_from=null``: the runs that started from no checkpoint).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from pathlib import Path
 
 import yaml
 
-from last_lite.config_checks import current_spelling, former_keys, is_execution_key
+from last_lite.config_checks import computed_differences, current_spelling, flatten_config, former_keys, is_execution_key
 from last_lite.io import atomic_write_text
 from last_lite.pipeline.state import last_logged_epoch
 
@@ -46,9 +51,12 @@ UNKNOWN = "?"
 
 
 def canonical(value: str | None) -> str | None:
-    """One spelling per number (an override's ``4``, a config's ``4.0``), so that they share a cell."""
-    if value is None:
+    """One spelling per number (an override's ``4``, a config's ``4.0``), boolean (``False``, a config's
+    ``false``) and null (an override's ``null``, a config's None), so that they share a cell."""
+    if value is None or value.lower() == "null":  # Hydra reads null, true and false in any case
         return None
+    if value.lower() in ("true", "false"):
+        return value.lower()
     try:
         return str(int(value))
     except ValueError:
@@ -58,6 +66,17 @@ def canonical(value: str | None) -> str | None:
     except ValueError:
         return value
     return str(int(number)) if number.is_integer() else repr(number)
+
+
+def spelled(node) -> str | None:
+    """A config value as an override spells it (``true``, ``[1.0472,1.0472,0]``), None for null."""
+    if node is None:
+        return None
+    if isinstance(node, bool):
+        return "true" if node else "false"
+    if isinstance(node, list):
+        return "[" + ",".join("null" if (text := spelled(item)) is None else text for item in node) + "]"
+    return canonical(str(node))
 
 
 def differs(values) -> bool:
@@ -105,12 +124,15 @@ class JobRecord:
                     break
                 node = node[part]
             if found:
-                if isinstance(node, bool):  # as an override spells it
-                    return "true" if node else "false"
-                if isinstance(node, dict) and self.choices is None:  # a record's group: its choice is unknown
-                    return UNKNOWN
-                return None if isinstance(node, (dict, list)) or node is None else str(node)
+                if isinstance(node, dict):  # a group: a record's choice is unknown
+                    return UNKNOWN if self.choices is None else None
+                return spelled(node)
         return UNKNOWN if self.choices is None else None
+
+    def flat_config(self) -> dict:
+        """The config as ``{"dotted.key": value}`` in today's spelling of renamed groups."""
+        return {current_spelling(f"{key}=", self.command).partition("=")[0]: value
+                for key, value in flatten_config(self.config or {}).items()}
 
 
 class UnreadableFile(ValueError):
@@ -166,13 +188,36 @@ def collect(folder: Path) -> tuple[list[str], list[dict], dict[str, JobRecord]]:
     if not rows:
         raise SystemExit(f"no Hydra jobs (folders with .hydra/) or run records (config.yaml and metrics.json) "
                          f"under {folder}")
+    flat = {row["job"]: records[row["job"]].flat_config() for row in rows if records[row["job"]].choices is None}
+    in_records = record_differences(rows, records, flat)
+    keys += [key for key in in_records if key not in keys]
     for row in rows:
         for key in keys:
             if key not in row:
-                row[key] = canonical(records[row["job"]].value_ran_with(key))
+                # a record lacking a key another record has: absent, not an unknown group choice
+                row[key] = (spelled(flat[row["job"]].get(key)) if key in in_records and row["job"] in flat
+                            else canonical(records[row["job"]].value_ran_with(key)))
         if "trainer.precision" in keys and ran_in.get(row["job"]):
             row["trainer.precision"] = ran_in[row["job"]]  # what `auto` resolved to
     return ["job", "network", *keys, "test_top1", "best_val_top1", "status"], rows, records
+
+
+def record_differences(rows: list[dict], records: dict[str, JobRecord], flat: dict[str, dict]) -> list[str]:
+    """The config keys in which the run records (``flat``: their configs) of one command and network
+    differ: a record has no overrides to say what its run changed. Execution keys, the seed and paths
+    inside each run's own folder are left aside, as a resumed run's check of its folder does."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if row["job"] in flat:
+            groups.setdefault((records[row["job"]].command, row["network"]), []).append(flat[row["job"]])
+    found: set[str] = set()
+    for first, *others in groups.values():
+        for other in others:  # a key in which any two differ differs between one of them and the first
+            for saved, current in ((first, other), (other, first)):  # `precision: auto` is spared one way
+                # each line: `key: saved value vs now current value`
+                found.update(line.partition(": ")[0]
+                             for line in computed_differences(saved, current, limit=sys.maxsize))
+    return sorted(found - {"seed"})
 
 
 def unfinished_status(job: Path, record: JobRecord) -> str:
@@ -225,11 +270,11 @@ class Cell:
     top1_by_seed: dict[str, float]
 
     def label(self, shown: list[str]) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.key if k in shown) or "(all jobs)"
+        return ", ".join(f"{k}={'null' if v is None else v}" for k, v in self.key if k in shown) or "(all jobs)"
 
     def matches(self, wanted: dict[str, str]) -> bool:
         values = dict(self.key)
-        return all(values.get(k) == canonical(v) for k, v in wanted.items())
+        return all(k in values and values[k] == canonical(v) for k, v in wanted.items())
 
 
 def cells_of(folder: Path, same: tuple[str, ...] = ()) -> list[Cell]:
@@ -238,19 +283,22 @@ def cells_of(folder: Path, same: tuple[str, ...] = ()) -> list[Cell]:
     columns, rows, records = collect(folder)
     keys = ["command", *(c for c in columns
                          if c not in NOT_A_CELL_KEY and c not in same and not is_execution_key(c))]
+    finished = [{**row, "command": records[row["job"]].command} for row in rows if row["test_top1"] is not None]
+    for k in keys:
+        known = {values.get(k) for values in finished} - {UNKNOWN}
+        if len(known) == 1:  # a record's unknown choice is the one the jobs show, as the tables label it
+            for values in finished:
+                values[k] = next(iter(known))
     cells: dict[tuple, Cell] = {}
-    for row in rows:
-        if row["test_top1"] is None:
-            continue
-        record = records[row["job"]]
-        values = {**row, "command": record.command}
+    for values in finished:
+        record = records[values["job"]]
         key = tuple((k, None if values.get(k) is None else str(values.get(k))) for k in keys)
-        seed = row.get("seed") or record.value_ran_with("seed")
+        seed = values.get("seed") or record.value_ran_with("seed")
         cell = cells.setdefault(key, Cell(key, {}))
         if str(seed) in cell.top1_by_seed:
             raise SystemExit(f"summarize: two jobs of one cell ran seed {seed} ({cell.label([k for k, _ in key])}): "
                              "a cell needs one job per seed")
-        cell.top1_by_seed[str(seed)] = 100 * float(row["test_top1"])
+        cell.top1_by_seed[str(seed)] = 100 * float(values["test_top1"])
     return list(cells.values())
 
 

@@ -14,19 +14,41 @@ from last_lite.summarize import collect, write_paired_table, write_tables
 
 
 def _job(folder: Path, name: str, command: str, overrides: list[str], top1: float | None,
-         precision_config: str = "32-true", precision_ran: str | None = None, network: str | None = None) -> None:
+         precision_config: str = "32-true", precision_ran: str | None = None, network: str | None = None,
+         choices: dict | None = None, config: dict | None = None) -> None:
     """A run folder as a Hydra job leaves it: .hydra/{overrides,hydra,config}.yaml and metrics.json."""
     job = folder / name
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(
-        {"hydra": {"job": {"config_name": command}, "runtime": {"choices": {"model": "last_lite_small"}}}}))
+        {"hydra": {"job": {"config_name": command},
+                   "runtime": {"choices": {"model": "last_lite_small", **(choices or {})}}}}))
     (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(
-        {"seed": 0, "threads": None, "trainer": {"precision": precision_config}}))
+        {"seed": 0, "threads": None, "trainer": {"precision": precision_config}, **(config or {})}))
     if top1 is not None:
         metrics = {"top1": top1, **({"precision": precision_ran} if precision_ran else {}),
                    **({"model": network} if network else {})}
         (job / "metrics.json").write_text(json.dumps(metrics))
+
+
+def _record(folder: Path, name: str, command: str, seed: int, top1: float, network: str = "last_lite_small",
+            **values) -> None:
+    """A run kept as docs/ keeps it (config.yaml and metrics.json, no .hydra/), its config as a run writes it:
+    paths inside its own run folder, the threads it ran with, ``values`` (dotted keys) set."""
+    run = f"/work/outputs/{name}"
+    config = {"task_name": command, "seed": seed, "threads": seed + 1, "init_from": None,
+              "paths": {"output_dir": run}, "trainer": {"default_root_dir": run, "precision": "32-true"},
+              "callbacks": {"last_checkpoint": {"dirpath": f"{run}/checkpoints"}},
+              "data": {"train_transform": {"rotate": [1.0472, 1.0472, 0.0]}, "source": {"normalize": False}}}
+    for key, value in values.items():
+        *parents, last = key.split(".")
+        node = config
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    (folder / name).mkdir(parents=True)
+    (folder / name / "config.yaml").write_text(yaml.safe_dump(config))
+    (folder / name / "metrics.json").write_text(json.dumps({"top1": top1, "model": network}))
 
 
 @pytest.fixture
@@ -192,3 +214,55 @@ def test_same_pairs_runs_that_name_one_teacher_two_ways(tmp_path):
     assert _row(paired, "kd.tau=4")[:3] == ["kd.tau=4 (reference)", "2", "0 1"]
     assert _row(paired, "kd.tau=2")[5:] == ["+1.50", "0.71", "3.00", "2"]
     assert "(--same): teacher.ckpt" in paired
+
+
+def test_records_of_two_configs_are_two_cells(tmp_path):
+    """Records have no overrides: the config keys in which records of one command and network differ
+    make their cells (where and how each ran, its seed and paths inside its own folder aside)."""
+    for seed in (0, 1):
+        _record(tmp_path, f"F_s{seed}", "train", seed, 0.90 + seed / 100)
+        _record(tmp_path, f"F_rot_s{seed}", "train", seed, 0.93, **{"data.train_transform.rotate": 0.3})
+        # A and FT differ only in init_from; another network's config differs throughout (its network says so)
+        _record(tmp_path, f"FT_s{seed}", "train", seed, 0.92 + seed / 100, init_from="outputs/P/encoder.safetensors")
+        _record(tmp_path, f"nano_s{seed}", "train", seed, 0.80, network="last_lite_nano", **{"model.depth": 2})
+    columns, _, _ = collect(tmp_path)
+    assert columns[2:-3] == ["data.train_transform.rotate", "init_from"]
+    table = write_tables(tmp_path)
+    assert _row(table, "F_rot_s1")[:4] == ["F_rot_s1", "last_lite_small", "0.3", ""]
+    assert _row(table, "FT_s0")[2:4] == ["[1.0472,1.0472,0]", "outputs/P/encoder.safetensors"]
+    paired = write_paired_table(tmp_path, {"init_from": "null", "data.train_transform.rotate": "[1.0472,1.0472,0]"})
+    assert _row(paired, "network=last_lite_small, data.train_transform.rotate=[1.0472,1.0472,0], init_from=null")[:5] \
+        == ["network=last_lite_small, data.train_transform.rotate=[1.0472,1.0472,0], init_from=null (reference)",
+            "2", "0 1", "90.50", "0.71"]
+    assert _row(paired, "network=last_lite_small, data.train_transform.rotate=0.3")[1:3] == ["2", "0 1"]
+    assert _row(paired, "network=last_lite_small, data.train_transform.rotate=[1.0472,1.0472,0], "
+                        "init_from=outputs/P/encoder.safetensors")[5:] == ["+2.00", "0.00", "", "2"]
+    assert _row(paired, "network=last_lite_nano")[1:3] == ["2", "0 1"]
+
+
+def test_a_record_joins_the_cell_of_the_jobs_whose_group_choices_it_cannot_name(tmp_path):
+    """A record's config-group choices are unknown (``?``): they match the one choice the jobs show; a
+    record's keys are read in today's spelling of renamed groups."""
+    for seed in (0, 1):
+        _job(tmp_path, f"tau2_s{seed}", "distill", ["model@teacher=last_e_v3_base", "kd.tau=2", f"seed={seed}"],
+             0.95, choices={"model@teacher": "last_e_v3_base"})
+    _record(tmp_path, "preset_s2", "distill", 2, 0.94, **{"kd.tau": 2.0})
+    _record(tmp_path, "preset_s3", "distill", 3, 0.96, **{"distill.tau": 2.0})  # written before distill.* became kd.*
+    paired = write_paired_table(tmp_path, {"model@teacher": "last_e_v3_base"})
+    assert paired.count("\n| ") == 1  # one cell
+    assert _row(paired, "(all jobs)")[:4] == ["(all jobs) (reference)", "4", "0 1 2 3", "95.00"]
+
+
+def test_a_boolean_and_null_spelled_two_ways_are_one_cell(tmp_path):
+    """``normalize=False`` on one command line, ``false`` in another job's config: one cell; ``init_from=null``
+    names the jobs that did not override it."""
+    normalize = {"data": {"source": {"normalize": False}}}
+    for seed in (0, 1):
+        _job(tmp_path, f"A_s{seed}", "train", [f"seed={seed}"], 0.90, config=normalize)
+        _job(tmp_path, f"FT_s{seed}", "train", ["init_from=P/encoder.safetensors", f"seed={seed}",
+                                                *(["data.source.normalize=False"] if seed == 0 else [])],
+             0.92, config=normalize)
+    paired = write_paired_table(tmp_path, {"init_from": "null"})
+    assert _row(paired, "init_from=null")[:3] == ["init_from=null (reference)", "2", "0 1"]
+    assert _row(paired, "init_from=P/encoder.safetensors")[1:3] == ["2", "0 1"]
+    assert "normalize" not in paired
