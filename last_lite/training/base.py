@@ -53,6 +53,7 @@ class PhaseModule(L.LightningModule):
         self.data_spec = dict(data_spec or {})
         self.max_nonfinite_steps = max_nonfinite_steps
         self._nonfinite_streak = 0
+        self._drop_step = False
         self.compile_features = bool(compile_features)
         self._compiled_features = None
         self.earlier_sittings_s: list[float] = []  # a resumed run's earlier sittings (checkpoint)
@@ -76,16 +77,27 @@ class PhaseModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss, terms = self.model_step(batch)
-        if not torch.isfinite(loss):
+        local = not torch.isfinite(loss)
+        distributed = self._trainer is not None and self.trainer.world_size > 1
+        # Every process skips together: one that skipped alone would leave the others waiting in
+        # the gradient all-reduce.
+        nonfinite = self.trainer.strategy.reduce_boolean_decision(local, all=False) if distributed else local
+        if nonfinite:
             self._nonfinite_streak += 1
             log.warning("non-finite training loss (%s) at step %d: step skipped (%d in a row)",
-                        loss.item(), self.global_step, self._nonfinite_streak)
+                        loss.item() if local else "on another process", self.global_step,
+                        self._nonfinite_streak)
             if self._nonfinite_streak >= self.max_nonfinite_steps:
                 raise RuntimeError(
                     f"the training loss was NaN or inf for {self._nonfinite_streak} steps in a row; "
                     "stopping. Check the data for NaN joints, lower the learning rate or enable "
                     "gradient clipping (trainer.gradient_clip_val).")
-            return None
+            if not distributed:
+                return None
+            # Lightning refuses None under DDP, and every process must join the backward's
+            # all-reduce: the (non-finite) gradients are dropped before the step instead.
+            self._drop_step = True
+            return loss
         self._nonfinite_streak = 0
         batch_size = batch_size_of(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
@@ -100,6 +112,11 @@ class PhaseModule(L.LightningModule):
     # reports its whole cost (metrics.json ``sittings_s``).
     def on_fit_start(self) -> None:
         self._sitting_started = time.monotonic()
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self._drop_step:  # a skipped step (training_step): no update, momentum or weight decay
+            self._drop_step = False
+            optimizer.zero_grad(set_to_none=True)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
@@ -169,6 +186,10 @@ class ClassifierPhase(PhaseModule):
         self.test_confusion.reset()
 
     def test_results(self) -> dict[str, Any]:
-        """Per-class accuracy and the confusion matrix of the last test run (plain lists)."""
-        return {"per_class_accuracy": self.test_per_class.compute().tolist(),
-                "confusion_matrix": self.test_confusion.compute().tolist()}
+        """Per-class accuracy and the confusion matrix of the last test run (plain lists); a
+        class without test samples has accuracy None (torchmetrics reports 0 for it)."""
+        confusion = self.test_confusion.compute()
+        accuracy = self.test_per_class.compute()
+        return {"per_class_accuracy": [acc if samples else None for acc, samples
+                                       in zip(accuracy.tolist(), confusion.sum(dim=1).tolist())],
+                "confusion_matrix": confusion.tolist()}

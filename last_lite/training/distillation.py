@@ -2,7 +2,8 @@
 
 ``L = alpha*CE(student, y) + beta*tau^2*KL(p_teacher || p_student) + gamma*sum_i MSE(proj_i(s_i), t_i)``
 with ``beta = 1 - alpha`` unless given; ``proj_i`` is a 1x1 convolution per stage from student to
-teacher channels, trained with the student and dropped at export (it is not part of ``model``).
+teacher channels, trained with the student and dropped at export (it is not part of ``model``);
+with ``gamma=0`` they are frozen (unused), not left out, so checkpoints have one layout.
 
 ``teacher_precision="bf16"`` runs the frozen teacher under bfloat16 autocast: about 1.7x faster on
 CPUs with AMX or AVX512-BF16 (its stage features stay within about 0.6% relative error of float32);
@@ -20,29 +21,55 @@ from torchmetrics.classification import MulticlassAccuracy
 from last_lite.models.registry import build_model
 from last_lite.console import quiet_frozen_modules
 from last_lite.training.base import ClassifierPhase
-from last_lite.training.checkpoints import load_model_weights
+from last_lite.training.checkpoints import load_checkpoint, load_model_weights
 from last_lite.training.losses import feature_mimicry, soft_label_kl
 
 quiet_frozen_modules()
 
 
+# Model-spec fields that change what the teacher computes but none of its parameters: its weights
+# load whatever they are, so the value it was trained with is checked against the config's.
+TEACHER_FORWARD_FIELDS = ("person_mode",)
+
+
+def checkpoint_model_spec(ckpt: str) -> dict | None:
+    """The model spec a checkpoint (``hyper_parameters.model_spec``) or a zoo file (its index
+    entry) records; None for a file that records none (a .safetensors no index lists)."""
+    if str(ckpt).endswith(".safetensors"):
+        from last_lite.zoo import zoo_entry_for_file
+
+        found = zoo_entry_for_file(ckpt)
+        return found[1].get("model_spec") if found else None
+    return (load_checkpoint(ckpt).get("hyper_parameters") or {}).get("model_spec")
+
+
 def checkpoint_model_name(ckpt: str) -> str | None:
     """The model a checkpoint (its ``model_spec``) or a zoo file (its index entry) holds."""
     try:
-        if str(ckpt).endswith(".safetensors"):
-            from last_lite.zoo import zoo_entry_for_file
-
-            found = zoo_entry_for_file(ckpt)
-            return found[1]["model_spec"]["name"] if found else None
-        from last_lite.training.checkpoints import load_checkpoint
-
-        return ((load_checkpoint(ckpt).get("hyper_parameters") or {}).get("model_spec") or {}).get("name")
+        return (checkpoint_model_spec(ckpt) or {}).get("name")
     except Exception:  # only a hint: the mismatch itself is the error
         return None
 
 
+def check_teacher_forward(teacher: nn.Module, teacher_spec: dict, ckpt: str) -> None:
+    """Refuse a teacher config whose :data:`TEACHER_FORWARD_FIELDS` differ from those the
+    checkpoint was trained with (e.g. ``person_mode``), naming the override that fixes it."""
+    recorded = checkpoint_model_spec(ckpt)
+    if not recorded:
+        return
+    with torch.random.fork_rng():  # as in load_frozen_teacher: the student's RNG stays untouched
+        trained = build_model(recorded)  # the model's defaults fill what the spec leaves out
+    for field in TEACHER_FORWARD_FIELDS:
+        ours, theirs = getattr(teacher, field, None), getattr(trained, field, None)
+        if ours != theirs:
+            override = f"{'' if field in teacher_spec else '+'}teacher.{field}={theirs}"
+            raise ValueError(f"teacher checkpoint {ckpt} was trained with {field}={theirs!r} but the teacher "
+                             f"config builds {field}={ours!r}: pass {override}")
+
+
 def load_frozen_teacher(teacher_spec: dict, ckpt: str) -> nn.Module:
-    """Build the teacher and load its checkpoint exactly; a mismatch fails with the keys and shapes."""
+    """Build the teacher and load its checkpoint exactly; a mismatch fails with the keys and shapes,
+    a person_mode other than the checkpoint's with the override that fixes it."""
     # Built on a forked RNG: the teacher's (overwritten) init must not shift the student's
     # shuffles and dropout, so alpha=1, gamma=0 reproduces Path A exactly.
     with torch.random.fork_rng():
@@ -66,6 +93,7 @@ def load_frozen_teacher(teacher_spec: dict, ckpt: str) -> nn.Module:
                 else "")
         raise ValueError(f"teacher checkpoint {ckpt} does not fit teacher config "
                          f"{teacher_spec.get('name')!r}{hint}: " + " | ".join(parts))
+    check_teacher_forward(teacher, teacher_spec, ckpt)
     teacher.load_state_dict(weights)
     teacher.eval()
     for p in teacher.parameters():
@@ -93,12 +121,22 @@ class DistillModule(ClassifierPhase):
         self.alpha, self.tau, self.gamma = alpha, tau, gamma
         self.beta = 1.0 - alpha if beta is None else beta
         self.label_smoothing, self.aux_weight = label_smoothing, aux_weight
+        student_mode, teacher_mode = (getattr(m, "person_mode", None) for m in (self.model, self.teacher))
+        if self.gamma and student_mode != teacher_mode:  # stage features would differ in batch size
+            raise ValueError(f"feature mimicry (kd.gamma={gamma}) needs teacher and student of one person_mode; "
+                             f"the student has {student_mode!r}, the teacher {teacher_mode!r}: pass "
+                             f"{'' if 'person_mode' in model_spec else '+'}student.person_mode={teacher_mode} "
+                             "or kd.gamma=0")
         student_channels = self.model.stage_channels
         teacher_channels = self.teacher.stage_channels
         with torch.random.fork_rng():
             torch.manual_seed(0)
             self.projections = nn.ModuleList(nn.Conv2d(s, t, 1, bias=False)
                                              for s, t in zip(student_channels, teacher_channels))
+        if not self.gamma:
+            # Unused without feature mimicry: frozen (not dropped, so checkpoints keep one layout),
+            # else DDP (find_unused_parameters=False) waits for their gradients and fails at step 2.
+            self.projections.requires_grad_(False)
         self.teacher_top1 = MulticlassAccuracy(self.model_spec["num_classes"], top_k=1, average="micro")
 
     def train(self, mode: bool = True):

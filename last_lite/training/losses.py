@@ -17,5 +17,11 @@ def soft_label_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, ta
 
 
 def feature_mimicry(projected: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``sum_i MSE(proj_i(student_i), teacher_i)`` over the stages."""
+    """``sum_i MSE(proj_i(student_i), teacher_i)`` over the stages, whose shapes must match."""
+    for i, (p, t) in enumerate(zip(projected, targets)):
+        if p.shape != t.shape:  # checked: MSE would broadcast, or fail naming no cause
+            raise ValueError(f"feature mimicry: stage {i} is {tuple(p.shape)} in the student (projected) but "
+                             f"{tuple(t.shape)} in the teacher. The first size is batch x persons: teacher "
+                             "and student need one person_mode (teacher.person_mode, student.person_mode); "
+                             "the others need the same temporal strides and joints")
     return sum(F.mse_loss(p, t) for p, t in zip(projected, targets))

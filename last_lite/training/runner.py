@@ -282,7 +282,8 @@ def run_phase(cfg: DictConfig, build_module: ModuleFactory, command: str, model_
     record = metrics_record(
         command=command, model=cfg[model_key].name, dataset=dataset_name(),
         top1=top1, top5=top5, per_class_accuracy=per_class, class_names=datamodule.class_names,
-        params=count_parameters(module.model), epochs=trainer.current_epoch, seed=cfg.seed,
+        # every parameter: a phase may freeze some (MaskCLR's unused head), the network is the same
+        params=count_parameters(module.model, trainable_only=False), epochs=trainer.current_epoch, seed=cfg.seed,
         wall_time_s=wall_time_s, data_index_sha256=getattr(datamodule, "index_checksum", None),
         **record_extra)
     if trainer.is_global_zero:

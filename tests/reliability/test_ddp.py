@@ -54,6 +54,73 @@ def test_two_process_ddp_cpu_run_matches_a_single_process_evaluation(tmp_path):
     assert confusion.tolist() == matrix
 
 
+def test_two_process_ddp_cpu_pretraining_and_distillation_without_mimicry_train_past_step_one(tmp_path):
+    """DDP (find_unused_parameters=False) stops at the second step when a parameter that requires
+    grad got none: MaskCLR's unused head and distillation's projections at kd.gamma=0 are frozen."""
+    import torch
+
+    from last_lite.models import create_model
+
+    steps = ["trainer=ddp_cpu", "trainer.max_epochs=1", "+trainer.max_steps=2", "data.batch_size=8",
+             "sched.warmup_epochs=0", *DDP_DATA]
+    _run("pretrain", [*steps, "model=last_lite_nano", "data.max_persons=1", "bn_recalibration_batches=1"],
+         tmp_path / "pretrain")
+    metrics = json.loads((tmp_path / "pretrain" / "metrics.json").read_text())
+    assert metrics["params"] == sum(p.numel() for p in create_model("last_lite_nano", num_classes=11).parameters())
+    assert (tmp_path / "pretrain" / "encoder.safetensors").is_file()
+
+    spec = {"name": "last_e_v3_nano", "num_classes": 11, "layout": "ntu25", "in_channels": 3}
+    teacher = tmp_path / "teacher.ckpt"  # untrained: only the step count matters here
+    torch.save({"state_dict": {f"model.{k}": v for k, v in create_model(**spec).state_dict().items()},
+                "hyper_parameters": {"model_spec": spec}}, teacher)
+    _run("distill", [*steps, f"teacher.ckpt={teacher}", "model@teacher=last_e_v3_nano", "teacher.precision=32",
+                     "model@student=last_lite_nano", "kd=nano", "kd.gamma=0", "test_after_fit=false"],
+         tmp_path / "distill")
+    assert json.loads((tmp_path / "distill" / "metrics.json").read_text())["epochs"] == 1
+
+
+# One process sees a NaN loss at its second step, the other does not.
+NAN_ON_ONE_RANK = """
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from last_lite.training.supervised import SupervisedModule
+
+
+class NaNOnRankOne(SupervisedModule):
+    def model_step(self, batch):
+        loss, terms = super().model_step(batch)
+        return (loss * float("nan") if self.global_rank == 1 and self.global_step == 1 else loss), terms
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(32, 3, 16, 25, 1), torch.arange(32) % 4)
+    module = NaNOnRankOne({"name": "last_lite_nano", "num_classes": 4}, sched={"name": "none"})
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=3, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, DataLoader(data, batch_size=4))
+    # the NaN step's gradients were dropped, not applied
+    assert trainer.global_step == 3 and all(torch.isfinite(p).all() for p in module.parameters())
+    print("rank", trainer.global_rank, "done")
+"""
+
+
+def test_a_non_finite_loss_on_one_process_skips_the_step_on_every_process(tmp_path):
+    """A process that skipped its backward alone would leave the other waiting in the gradient
+    all-reduce (a hang, or gloo's error): the skip is decided across processes."""
+    script = tmp_path / "nan_on_one_rank.py"
+    script.write_text(NAN_ON_ONE_RANK)
+    result = subprocess.run([sys.executable, str(script)], cwd=REPO, env=env_for_subprocess(),
+                            capture_output=True, text=True, timeout=180)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-6000:]
+    assert "non-finite training loss (nan) at step 1" in out
+    assert "non-finite training loss (on another process) at step 1" in out
+    assert "rank 0 done" in out and "rank 1 done" in out
+
+
 def test_ranks_started_together_build_the_data_cache_once(tmp_path):
     """Under torchrun or srun every rank calls the source's build() at once; one must write the
     store and the others wait for it (a file lock), not all write and rename over each other."""

@@ -1,15 +1,19 @@
 """Path B: the loss, the frozen teacher, projections, Path A equivalence, Hydra runs and sweeps."""
 
 import csv
+import json
 
 import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
 from conftest import TINY_DATA, read_metrics, run_command
 from last_lite.data.datamodule import SkeletonDataModule
 from last_lite.data.sources.synthetic import SyntheticSource
+from last_lite.models import create_model
+from last_lite.training.base import weight_decay_groups
 from last_lite.training.distillation import DistillModule
 from last_lite.training.losses import feature_mimicry, soft_label_kl
 from last_lite.training.supervised import SupervisedModule
@@ -43,6 +47,71 @@ def _specs():
     student = {"name": "last_lite_nano", "num_classes": 16, "layout": "ntu25", "in_channels": 3}
     teacher = {**student, "name": "last_e_v3_nano"}
     return student, teacher
+
+
+def _teacher_file(path, **overrides) -> str:
+    """An untrained teacher saved as a last_lite command saves it: weights and model_spec."""
+    spec = {**_specs()[1], **overrides}
+    state = create_model(**spec).state_dict()
+    torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()},
+                "hyper_parameters": {"model_spec": spec}}, path)
+    return str(path)
+
+
+def _batch():
+    return torch.randn(4, 3, 16, 25, 2), torch.tensor([0, 1, 2, 3])
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.1])
+def test_every_parameter_that_requires_grad_gets_a_gradient(tmp_path, gamma):
+    """DDP's condition (find_unused_parameters=False): with gamma=0 the projections are unused,
+    so they are frozen and left out of the optimiser, and checkpoints keep them either way."""
+    student, teacher = _specs()
+    ckpt = _teacher_file(tmp_path / "teacher.ckpt")
+    module = DistillModule(student, teacher, ckpt, gamma=gamma).train()
+    loss, _ = module.model_step(_batch())
+    loss.backward()
+    assert [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None] == []
+    assert all(p.requires_grad == bool(gamma) for p in module.projections.parameters())
+    optimised = {id(p) for group in weight_decay_groups(module.trainable_modules(), 1e-4) for p in group["params"]}
+    assert optimised == {id(p) for p in module.parameters() if p.requires_grad}
+    DistillModule(student, teacher, ckpt, gamma=0.1 - gamma).load_state_dict(module.state_dict())
+
+
+def test_a_teacher_trained_in_another_person_mode_is_refused_naming_the_override(tmp_path):
+    """person_mode changes no parameter: without the check the weights load and the teacher runs
+    in the config's mode, not the one it was trained in."""
+    student, teacher = _specs()
+    ckpt = _teacher_file(tmp_path / "primary.ckpt", person_mode="primary")
+    with pytest.raises(ValueError, match=r"trained with person_mode='primary' but the teacher config builds "
+                                         r"person_mode='fold': pass \+teacher\.person_mode=primary"):
+        DistillModule(student, teacher, ckpt)
+    # a zoo file: the spec is its index entry's; a file no index lists is loaded as before
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    save_file(create_model(**teacher).state_dict(), str(zoo / "teacher.safetensors"))
+    save_file(create_model(**teacher).state_dict(), str(tmp_path / "unlisted.safetensors"))
+    (zoo / "index.json").write_text(json.dumps({"synthetic/teacher": {
+        "file": "teacher.safetensors", "sha256": "-", "model_spec": {**teacher, "person_mode": "primary"}}}))
+    with pytest.raises(ValueError, match=r"pass \+teacher\.person_mode=primary"):
+        DistillModule(student, teacher, str(zoo / "teacher.safetensors"))
+    DistillModule(student, teacher, str(tmp_path / "unlisted.safetensors"))
+    # the teacher in its own mode: feature mimicry then needs the student in it too
+    primary = {**teacher, "person_mode": "primary"}
+    with pytest.raises(ValueError, match=r"the student has 'fold', the teacher 'primary': pass "
+                                         r"\+student\.person_mode=primary or kd\.gamma=0"):
+        DistillModule(student, primary, ckpt, gamma=0.1)
+    DistillModule(student, primary, ckpt, gamma=0.0).model_step(_batch())  # logits only: any mode
+    loss, terms = DistillModule({**student, "person_mode": "primary"}, primary, ckpt).model_step(_batch())
+    assert torch.isfinite(loss) and "feature_mse" in terms
+
+
+def test_feature_mimicry_refuses_stages_of_another_shape_naming_person_mode():
+    # fold (N*M = 8) against primary (N = 4): MSE would fail with a broadcast error naming no cause
+    with pytest.raises(ValueError, match=r"stage 1 is \(4, 8, 4, 25\) in the student .* but \(8, 8, 4, 25\) "
+                                         r"in the teacher.*person_mode"):
+        feature_mimicry([torch.zeros(4, 8, 8, 25), torch.zeros(4, 8, 4, 25)],
+                        [torch.zeros(4, 8, 8, 25), torch.zeros(8, 8, 4, 25)])
 
 
 def test_total_loss_combines_the_terms_as_specified(tiny_teacher_run):

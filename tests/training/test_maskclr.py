@@ -101,6 +101,20 @@ def test_training_steps_lower_both_losses(clips, mask_value="token"):
     assert after[0] < before[0] and after[1] < before[1], (before, after)
 
 
+@pytest.mark.parametrize("name", ["last_lite_nano", "last_e_v3_base"])  # base: with an IB head
+def test_every_parameter_that_requires_grad_gets_a_gradient(name):
+    """DDP's condition (find_unused_parameters=False, trainer=ddp/ddp_cpu): a parameter that
+    requires grad but gets none stops the second step. The unused head is frozen, not dropped."""
+    torch.manual_seed(0)
+    module = MaskCLRModule(dict(name=name, num_classes=4, layout="ntu25"), mask_value="token").train()
+    loss, _ = module.model_step(torch.randn(4, 3, 32, 25, 2))
+    loss.backward()
+    assert [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None] == []
+    frozen = {n for n, p in module.model.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.split(".", 1)[0] in ("norm", "classifier", "ib") for n in frozen)
+    assert set(module.model.state_dict()) == set(create_model(name, num_classes=4).state_dict())
+
+
 def test_saved_encoder_has_the_students_names_and_loads_into_a_student(tmp_path):
     source = create_model("last_lite_small", num_classes=10, layout="ucla20")
     path = save_encoder(source, tmp_path / "encoder.safetensors", metadata={"model": "last_lite_small"})
@@ -161,6 +175,7 @@ def test_pretrain_entry_trains_two_epochs_and_writes_an_encoder_a_student_loads(
     report = init_from(student, encoder)
     assert len(report["loaded"]) == metrics["encoder_tensors"] == len(student.state_dict()) - len(HEAD)
     assert set(report["new"]) == HEAD and not report["skipped"]
+    assert metrics["params"] == sum(p.numel() for p in student.parameters())  # the frozen head counts
     # its checkpoint's classifier was never trained: evaluate and export refuse it, naming the encoder
     with pytest.raises(ValueError, match=f"MaskCLR pretraining checkpoint.*init_from={encoder}"):
         load_trained_model(tmp_path / "checkpoints" / "last.ckpt")

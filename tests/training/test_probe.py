@@ -22,6 +22,12 @@ def test_the_probe_separates_separable_features_whatever_their_scale():
     assert probe_accuracy(mini, features, labels, 3)["top1"] > 0.9
 
 
+def test_a_class_without_samples_has_no_probe_accuracy():
+    probe = fit_linear_probe(torch.eye(3), torch.arange(3), 3, epochs=1, lr=0.05, seed=0)
+    acc = probe_accuracy(probe, torch.eye(3)[:2], torch.arange(2), 3)
+    assert acc["per_class_accuracy"][2] is None and all(a in (0.0, 1.0) for a in acc["per_class_accuracy"][:2])
+
+
 def test_features_are_pooled_in_eval_mode_and_averaged_over_test_clips():
     torch.manual_seed(0)
     model = create_model("last_lite_nano", num_classes=4).train()

@@ -11,6 +11,7 @@ from conftest import TINY_DATA, read_metrics, run_command
 from last_lite.models import create_model
 from last_lite.training.base import weight_decay_groups
 from last_lite.training.checkpoints import load_checkpoint
+from last_lite.training.supervised import SupervisedModule
 
 
 def _epoch_losses(run_dir: Path) -> dict[int, float]:
@@ -121,6 +122,18 @@ def test_weight_decay_skips_biases_norms_gate_alphas_edges_and_the_pooling_gate(
     assert any(n.endswith("gate.alpha") for n in skipped) and any(n.endswith("att.alpha") for n in skipped)
     assert all(n.endswith("weight") and not n.endswith("edge_weight") for n in decayed)
     assert "classifier.weight" in decayed and "classifier.bias" in skipped
+
+
+def test_a_class_without_test_samples_has_no_per_class_accuracy():
+    """torchmetrics reports 0 for such a class; there is no accuracy to report: None (metrics.json null)."""
+    module = SupervisedModule({"name": "last_lite_nano", "num_classes": 3})
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0]])  # the last one wrongly class 2
+    labels = torch.tensor([0, 1, 1])
+    module.test_per_class.update(logits, labels)
+    module.test_confusion.update(logits, labels)
+    results = module.test_results()
+    assert results["per_class_accuracy"] == [1.0, 0.5, None]
+    assert results["confusion_matrix"] == [[1, 0, 0], [0, 1, 1], [0, 0, 0]]
 
 
 def test_evaluate_writes_metrics_and_confusion_matrix(tmp_path):

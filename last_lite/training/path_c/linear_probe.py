@@ -89,8 +89,8 @@ def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: 
 @torch.no_grad()
 def probe_accuracy(probe: LinearProbe, features: torch.Tensor, labels: torch.Tensor,
                    num_classes: int) -> dict:
-    """Top-1, top-5 (or top-num_classes) and per-class accuracy (fractions; NaN-free: a class
-    without samples gets 0)."""
+    """Top-1, top-5 (or top-num_classes) and per-class accuracy (fractions; a class without
+    samples gets None, as in metrics.json)."""
     logits = probe(features.float())
     k = min(5, num_classes)
     top = logits.topk(k, dim=1).indices
@@ -99,6 +99,6 @@ def probe_accuracy(probe: LinearProbe, features: torch.Tensor, labels: torch.Ten
     per_class = []
     for c in range(num_classes):
         members = labels == c
-        per_class.append(float(hit1[members].float().mean()) if members.any() else 0.0)
+        per_class.append(float(hit1[members].float().mean()) if members.any() else None)
     return {"top1": float(hit1.float().mean()), "top5": float(hit5.float().mean()),
             "per_class_accuracy": per_class}

@@ -219,6 +219,11 @@ class MaskCLRModule(PhaseModule):
         self.projector = Projector(int(self.model.num_features), projector_hidden, projector_dim)
         self.mask_token = MaskToken(in_channels) if mask_value == "token" else None
         self._eval_generator: torch.Generator | None = None
+        # The head never enters the loss: frozen, so DDP (find_unused_parameters=False) does not
+        # wait for its gradients. It stays in the checkpoint, and metrics.json counts it (runner).
+        for name, child in self.model.named_children():
+            if name in HEAD_MODULES:
+                child.requires_grad_(False)
 
     def trainable_modules(self) -> nn.Module:
         """Encoder (the model without its head), decoder, projector and the mask token."""
