@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from last_lite.io import atomic_write_json
+from last_lite.io import GrowingFile, atomic_write_json
 from last_lite.skeleton import LAYOUTS
 
 INSTALL_HINT = ("python -m venv .venv-demo && .venv-demo/bin/pip install --no-deps -e . && "
@@ -135,6 +135,8 @@ def run_demo(source: str | int, model: str = "zoo:nw_ucla/last_lite_small", out:
     fps = fps if 1 <= fps <= 240 else 30.0
     pose = PoseEstimator(mp)
     writer = None
+    video = GrowingFile(out) if out else None
+    finished = False
     pose_ms: list[float] = []
     step_ms: list[float] = []
     predictions: list[dict] = []
@@ -167,8 +169,7 @@ def run_demo(source: str | int, model: str = "zoo:nw_ucla/last_lite_small", out:
                 annotated = draw(cv2, bgr, image, text, sub)
                 if out:
                     if writer is None:
-                        Path(out).parent.mkdir(parents=True, exist_ok=True)
-                        writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps,
+                        writer = cv2.VideoWriter(str(video.partial), cv2.VideoWriter_fourcc(*"mp4v"), fps,
                                                  (annotated.shape[1], annotated.shape[0]))
                     writer.write(annotated)
                 if show:
@@ -179,11 +180,19 @@ def run_demo(source: str | int, model: str = "zoo:nw_ucla/last_lite_small", out:
             pred = rec.finish()
             if pred is not None:
                 predictions.append({"frame": frames - 1, **pred.as_dict()})
+        finished = True
+    except KeyboardInterrupt:  # Ctrl-C ends a camera session: the video so far is kept
+        finished = True
+        raise
     finally:
         cap.release()
         pose.close()
         if writer is not None:
             writer.release()
+            if finished:
+                video.commit()
+            else:
+                video.discard()
         if show:
             cv2.destroyAllWindows()
     summary = {"frames": frames, "frames_with_pose": found, "predictions": predictions,
@@ -213,8 +222,8 @@ def make_test_video(path: str | Path, frames: int = 24, size: int = 320, fps: fl
     rgb = cv2.resize(data.astronaut(), (size, size), interpolation=cv2.INTER_AREA)
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     rng = np.random.default_rng(seed)
-    path = Path(path)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (size, size))
+    video = GrowingFile(path)
+    writer = cv2.VideoWriter(str(video.partial), cv2.VideoWriter_fourcc(*"mp4v"), fps, (size, size))
     for t in range(frames):
         angle = 4.0 * np.sin(2 * np.pi * t / max(frames, 1)) + rng.normal(0, 0.5)
         shift = (6.0 * np.sin(2 * np.pi * t / 12) + rng.normal(0, 1), 3.0 * np.cos(2 * np.pi * t / 12))
@@ -222,7 +231,7 @@ def make_test_video(path: str | Path, frames: int = 24, size: int = 320, fps: fl
         m[:, 2] += shift
         writer.write(cv2.warpAffine(bgr, m, (size, size), borderMode=cv2.BORDER_REFLECT))
     writer.release()
-    return path
+    return video.commit()
 
 
 def count_video_frames(path: str | Path) -> tuple[int, tuple[int, int]]:

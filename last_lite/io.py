@@ -130,6 +130,26 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     return path
 
 
+class GrowingFile:
+    """A file written piece by piece by another library (a video writer) under a hidden name beside
+    ``path`` with the same suffix (the writer picks the container by it), renamed onto ``path`` by
+    :meth:`commit`, or removed by :meth:`discard`: ``path`` never holds a half-written file."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.partial = self.path.with_name(f".{self.path.stem}.{writer_tag()}.partial{self.path.suffix}")
+
+    def commit(self) -> Path:
+        with open(self.partial, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(self.partial, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        self.partial.unlink(missing_ok=True)
+
+
 def fsync_dir(path: str | os.PathLike) -> None:
     """Make the entries of folder ``path`` (files created or renamed in it) durable. A no-op
     where folders cannot be opened (Windows)."""

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from last_lite.adapters import layout_from_joint_count
+from last_lite.io import GrowingFile, atomic_write
 from last_lite.skeleton import get_layout
 
 PERSON_COLOURS = ((60, 200, 90), (70, 140, 240), (240, 160, 40), (220, 80, 200))
@@ -101,20 +102,24 @@ def write_frames(frames: list, out: str | Path, fps: float = 15.0) -> Path:
     if not frames:
         raise ValueError("no frames to write")
     if out.suffix.lower() == ".gif":
-        frames[0].save(out, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0,
-                       optimize=True)
-        return out
+        return atomic_write(out, lambda tmp: frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:],
+                                                            duration=int(1000 / fps), loop=0, optimize=True))
     if out.suffix.lower() in (".mp4", ".avi"):
         try:
             import cv2
         except ImportError:
             raise ValueError("MP4 needs OpenCV (the [demo] extra, `make demo-env`); write a .gif instead") from None
         w, h = frames[0].size
-        writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-        for f in frames:
-            writer.write(cv2.cvtColor(np.asarray(f), cv2.COLOR_RGB2BGR))
-        writer.release()
-        return out
+        video = GrowingFile(out)
+        try:
+            writer = cv2.VideoWriter(str(video.partial), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+            for f in frames:
+                writer.write(cv2.cvtColor(np.asarray(f), cv2.COLOR_RGB2BGR))
+            writer.release()
+            return video.commit()
+        except BaseException:
+            video.discard()
+            raise
     raise ValueError(f"unknown output type {out.suffix!r}: .gif or .mp4")
 
 

@@ -324,3 +324,21 @@ def test_a_coreml_package_is_replaced_by_renames_and_never_half_deleted(tmp_path
         coreml.save(_Package("four"), path)
     assert (path / "Manifest.json").read_text() == "two"  # the previous package, back and whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.mlpackage", "plain.mlpackage"]  # no temp left
+
+
+def test_a_video_grows_under_a_hidden_name_and_takes_its_own_only_when_complete(tmp_path):
+    """A video writer (OpenCV) writes piece by piece: the demo and render give it a hidden name with
+    the same suffix (the container), renamed when complete, removed when the run fails."""
+    from last_lite.io import GrowingFile
+
+    out = tmp_path / "videos" / "demo.mp4"
+    video = GrowingFile(out)
+    assert video.partial.parent == out.parent and video.partial.suffix == ".mp4"
+    assert video.partial.name.startswith(".")
+    video.partial.write_bytes(b"frames")
+    assert not out.exists()
+    assert video.commit() == out and out.read_bytes() == b"frames" and not video.partial.exists()
+    failed = GrowingFile(out)
+    failed.partial.write_bytes(b"half")
+    failed.discard()
+    assert out.read_bytes() == b"frames" and list(out.parent.iterdir()) == [out]
