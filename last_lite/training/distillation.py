@@ -23,6 +23,7 @@ from last_lite.console import quiet_frozen_modules
 from last_lite.training.base import ClassifierPhase
 from last_lite.training.checkpoints import load_checkpoint, load_model_weights
 from last_lite.training.losses import feature_mimicry, soft_label_kl
+from last_lite.training.path_c.masking import present_persons
 
 quiet_frozen_modules()
 
@@ -175,7 +176,9 @@ class DistillModule(ClassifierPhase):
         terms = {"ce": ce.detach(), "kl": kl.detach()}
         if self.gamma:
             projected = [proj(s) for proj, s in zip(self.projections, features["stages"])]
-            mimicry = feature_mimicry(projected, teacher_stages)
+            folded = projected[0].shape[0] == x.shape[0] * x.shape[-1]  # person_mode fold: (N*M, ...)
+            mimicry = feature_mimicry(projected, teacher_stages,
+                                      present_persons(x).flatten() if folded else None)
             loss = loss + self.gamma * mimicry
             terms["feature_mse"] = mimicry.detach()
         aux = self.model.auxiliary_loss(features["pooled"])

@@ -255,3 +255,15 @@ def test_a_bf16_teacher_gives_float32_targets_close_to_the_float32_teacher(tiny_
     assert not torch.equal(logits_32, logits_16)  # it really ran in bf16
     with pytest.raises(ValueError, match="teacher precision 'fp8'"):
         DistillModule(student, teacher, ckpt, teacher_precision="fp8")
+
+
+def test_feature_mimicry_leaves_out_the_maps_of_empty_person_slots():
+    from last_lite.training.losses import feature_mimicry
+
+    torch.manual_seed(0)
+    student, teacher = [torch.randn(6, 8, 4, 25)], [torch.randn(6, 8, 4, 25)]
+    present = torch.tensor([True, False, True, False, True, True])
+    assert torch.allclose(feature_mimicry(student, teacher, present),
+                          F.mse_loss(student[0][present], teacher[0][present]))
+    everyone = torch.ones(6, dtype=torch.bool)  # all present (NW-UCLA's one person): the plain MSE
+    assert torch.equal(feature_mimicry(student, teacher, everyone), F.mse_loss(student[0], teacher[0]))

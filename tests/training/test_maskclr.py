@@ -101,6 +101,21 @@ def test_training_steps_lower_both_losses(clips, mask_value="token"):
     assert after[0] < before[0] and after[1] < before[1], (before, after)
 
 
+def test_the_mask_token_goes_only_where_a_person_is():
+    """An empty person slot is zeros in fine-tuning and deployment: masking must not fill it."""
+    torch.manual_seed(0)
+    module = MaskCLRModule(dict(name="last_lite_nano", num_classes=4, layout="ntu25"), mask_value="token")
+    with torch.no_grad():
+        module.mask_token.token.fill_(5.0)
+    x = torch.randn(4, 3, 32, 25, 2)
+    x[..., 1] = 0  # one person
+    seen = []
+    features = module.features
+    module.features = lambda inputs: seen.append(inputs) or features(inputs)
+    module.view_losses(x, torch.Generator().manual_seed(0))
+    assert (seen[0][..., 1] == 0).all() and (seen[0][..., 0] == 5.0).any()
+
+
 @pytest.mark.parametrize("name", ["last_lite_nano", "last_e_v3_base"])  # base: with an IB head
 def test_every_parameter_that_requires_grad_gets_a_gradient(name):
     """DDP's condition (find_unused_parameters=False, trainer=ddp/ddp_cpu): a parameter that
