@@ -181,7 +181,7 @@ def write_wrong_clips(module: ClassifierPhase, datamodule, out_dir: Path, count:
         paths.append(render_clip(clip, layout, out_dir / f"{rank:02d}_test{-neg}_{slug}.gif",
                                  true_label=names[true], predicted=f"{names[pred]} {conf:.2f}",
                                  title=f"test sample {-neg}", fps=12,
-                                 image_coords=datamodule.store.coord_dims == 2))
+                                 image_coords=datamodule.coord_dims == 2))
     print(f"{len(paths)} most confidently wrong test clips: {out_dir}")
     return paths
 

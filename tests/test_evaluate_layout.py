@@ -38,7 +38,7 @@ def test_wrong_clips_are_written_as_gifs_most_confident_first(tmp_path):
         module.eval()
         pred = module.predict_logits(x).argmax(-1)
     y = (pred + 1) % 3  # every clip wrong
-    data = SimpleNamespace(class_names=["a", "b", "c"], layout="ucla20",
+    data = SimpleNamespace(class_names=["a", "b", "c"], layout="ucla20", coord_dims=3,
                            test_dataloader=lambda: [(x[:4], y[:4]), (x[4:], y[4:])])
     paths = write_wrong_clips(module, data, tmp_path / "wrong", 3)
     assert len(paths) == 3 and all(p.suffix == ".gif" and p.is_file() for p in paths)
