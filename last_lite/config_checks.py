@@ -497,17 +497,23 @@ def differing_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[list
 
 def computed_differences(saved: Mapping[str, Any], current: Mapping[str, Any], limit: int = 12) -> list[str]:
     """The keys, execution keys aside, where two resolved run configs differ (``key: saved vs now``):
-    what would make a resumed run a mix of two experiments. Paths inside the saved run folder are
-    read as inside the current one (a folder moved or copied elsewhere resumes)."""
+    what would make a resumed run a mix of two experiments (:func:`computed_difference_keys`)."""
+    keys, a, b = computed_difference_keys(saved, current)
+    return [f"{k}: {a.get(k, '<absent>')!r} vs now {b.get(k, '<absent>')!r}" for k in keys][:limit]
+
+
+def computed_difference_keys(saved: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[list[str], dict, dict]:
+    """The dotted keys, execution keys aside, where two resolved run configs differ, with both
+    flattened configs. Paths inside the saved run folder are read as inside the current one (a
+    folder moved or copied elsewhere resumes)."""
     a, b = flatten_config(dict(saved)), flatten_config(dict(current))
     old_dir, new_dir = a.get("paths.output_dir"), b.get("paths.output_dir")
     if isinstance(old_dir, str) and isinstance(new_dir, str) and old_dir != new_dir:  # a moved run folder
         a = {k: new_dir + v[len(old_dir):] if isinstance(v, str) and (v == old_dir or v.startswith(old_dir + "/"))
              else v for k, v in a.items()}
     keys, a, b = differing_keys(a, b)  # flat already: flattening again keeps them as they are
-    return [f"{k}: {a.get(k, '<absent>')!r} vs now {b.get(k, '<absent>')!r}"
-            for k in keys if not is_execution_key(k) and not _auto_resumes_as_saved(k, b.get(k))
-            and not _same_file(a.get(k), b.get(k))][:limit]
+    return [k for k in keys if not is_execution_key(k) and not _auto_resumes_as_saved(k, b.get(k))
+            and not _same_file(a.get(k), b.get(k))], a, b
 
 
 def _same_file(a: Any, b: Any) -> bool:

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import yaml
 
-from last_lite.config_checks import computed_differences, current_spelling, flatten_config, former_keys, is_execution_key
+from last_lite.config_checks import computed_difference_keys, current_spelling, flatten_config, former_keys, is_execution_key
 from last_lite.io import atomic_write_text
 from last_lite.pipeline.state import last_logged_epoch
 
@@ -214,9 +214,7 @@ def record_differences(rows: list[dict], records: dict[str, JobRecord], flat: di
     for first, *others in groups.values():
         for other in others:  # a key in which any two differ differs between one of them and the first
             for saved, current in ((first, other), (other, first)):  # `precision: auto` is spared one way
-                # each line: `key: saved value vs now current value`
-                found.update(line.partition(": ")[0]
-                             for line in computed_differences(saved, current, limit=sys.maxsize))
+                found.update(computed_difference_keys(saved, current)[0])
     return sorted(found - {"seed"})
 
 

@@ -176,9 +176,9 @@ class DistillModule(ClassifierPhase):
         terms = {"ce": ce.detach(), "kl": kl.detach()}
         if self.gamma:
             projected = [proj(s) for proj, s in zip(self.projections, features["stages"])]
-            folded = projected[0].shape[0] == x.shape[0] * x.shape[-1]  # person_mode fold: (N*M, ...)
-            mimicry = feature_mimicry(projected, teacher_stages,
-                                      present_persons(x).flatten() if folded else None)
+            # person_mode fold with several slots: (N*M, ...) maps, some of empty slots
+            several = x.shape[-1] > 1 and projected[0].shape[0] == x.shape[0] * x.shape[-1]
+            mimicry = feature_mimicry(projected, teacher_stages, present_persons(x).flatten() if several else None)
             loss = loss + self.gamma * mimicry
             terms["feature_mse"] = mimicry.detach()
         aux = self.model.auxiliary_loss(features["pooled"])

@@ -248,14 +248,15 @@ class MaskCLRModule(PhaseModule):
         clean, noisy = augment_view(x, coord_dims=self.coord_dims, generator=generator, **self.augment)
         mask = self.masks(x, generator)
         value = self.mask_token.token if self.mask_token is not None else 0.0
+        present = present_persons(x)[:, None, None, :]                 # (N, 1, 1, M)
         # a token only where a person is: an empty slot stays zeros, as fine-tuning and deployment see it
-        shown = mask & present_persons(x)[:, None, None, :] if self.mask_token is not None else mask
+        shown = mask & present if self.mask_token is not None else mask
         features = self.features(apply_mask(noisy, shown, value))
         last = features["stages"][-1]                              # (N*M', C3, T_s, V)
         persons = last.shape[0] // n                               # M' (1 with person_mode primary)
         pred = self.decoder(last, t)                               # (N*M', C, T, V)
         pred = pred.reshape(n, persons, c, t, -1).permute(0, 2, 3, 4, 1)
-        valid = mask[..., :persons] & present_persons(x)[:, None, None, :persons]
+        valid = mask[..., :persons] & present[..., :persons]
         recon = masked_mse(pred, clean[..., :persons], valid)
         return recon, self.projector(features["pooled"]), mask
 
